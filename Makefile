@@ -1,0 +1,34 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Both create or update .venv.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.rzero-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install test test-slow demo world clean
+
+# torch 2.14.1 + torchvision 0.29.1 are the versions measured on the reference CPU machine
+# (open_clip needs a working torchvision beside torch); the package itself only asks for ranges.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+demo: $(STAMP)
+	$(VENV)/bin/rzero demo --out runs/demo
+
+world: $(STAMP)
+	$(VENV)/bin/rzero world build
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,152 @@
+"""Crash-safe file writes and defensive loading of tensor assets.
+
+torch and safetensors are imported inside the functions so that light users of this
+module (config saving, the CLI's argument parsing) do not pay torch's import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "AssetError",
+    "atomic_save_safetensors",
+    "atomic_write_bytes",
+    "load_safetensors",
+    "sha256_file",
+    "torch_load_safe",
+]
+
+
+class AssetError(RuntimeError):
+    """A missing, corrupt or unsafe asset file; the message is a single line."""
+
+
+def _brief(exc: BaseException, limit: int = 160) -> str:
+    """First line of an exception message, shortened, for one-line error reports."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform/filesystem.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old or the new file.
+
+    The bytes go to a temporary file in the same directory (same filesystem, so the
+    rename is atomic), are fsynced, then renamed over ``path``. Parent directories
+    are created.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(target.parent)
+
+
+def atomic_save_safetensors(
+    tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
+    """Serialise ``tensors`` (moved to CPU, made contiguous) to a safetensors file atomically."""
+    from safetensors.torch import save
+
+    if metadata is not None and not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise TypeError("safetensors metadata must map str to str")
+    # safetensors rejects non-contiguous and device tensors; normalise instead of failing.
+    plain = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    atomic_write_bytes(path, save(plain, metadata=metadata))
+
+
+def _missing(path: Path) -> AssetError:
+    return AssetError(
+        f"asset file '{path}' not found; run `rzero world build` or pass the right path"
+    )
+
+
+def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load every tensor of a safetensors file onto the CPU, raising AssetError on failure."""
+    from safetensors.torch import load
+
+    p = Path(path)
+    if not p.is_file():
+        raise _missing(p)
+    try:
+        # Read the bytes instead of memory-mapping: a truncated file then fails here,
+        # not later with a bus error when a tensor is touched.
+        return load(p.read_bytes())
+    except Exception as exc:  # safetensors raises several unrelated types
+        raise AssetError(f"asset file '{p}' is corrupt or truncated ({_brief(exc)})") from exc
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 digest of a file, read in chunks so large files use little memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def torch_load_safe(path: str | Path) -> Any:
+    """``torch.load`` restricted to tensors and plain containers (``weights_only=True``).
+
+    Anything that would need arbitrary unpickling (custom classes, code) is refused
+    with an AssetError instead of being executed.
+    """
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise _missing(p)
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = _unpickle_reason(exc)
+        raise AssetError(
+            f"refusing to load '{p}': not loadable with weights_only=True ({reason})"
+        ) from exc
+
+
+def _unpickle_reason(exc: BaseException) -> str:
+    """The useful clause of torch's long weights_only error (e.g. the rejected global)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch embeds ANSI bold codes
+    marker = "WeightsUnpickler error:"
+    if marker not in text:
+        return _brief(exc)
+    paragraph = text.split(marker, 1)[1].strip().split("\n\n", 1)[0]
+    reason = " ".join(paragraph.split()).split(". ", 1)[0].rstrip(".")
+    return reason if len(reason) <= 160 else reason[:157] + "..."

@@ -1,0 +1,64 @@
+"""Deterministic seeding that does not depend on batch size, rank count or device."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+
+import torch
+
+__all__ = ["image_generators", "image_seed", "make_generator", "rank_seed", "randn_per_image"]
+
+_MASK63 = (1 << 63) - 1
+
+
+def rank_seed(seed: int, rank: int, world_size: int) -> int:
+    """Distinct seed for each process: ``seed * world_size + rank``."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not valid for world_size {world_size}")
+    return seed * world_size + rank
+
+
+def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A fresh ``torch.Generator`` on ``device`` seeded with ``seed``."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
+
+
+def image_seed(base_seed: int, index: int) -> int:
+    """Stable 63-bit seed for image ``index`` of a run seeded with ``base_seed``.
+
+    Uses SHA-256 rather than ``hash()``, which is salted per process for str and
+    differs across Python versions, so seeds agree across runs and machines.
+    """
+    digest = hashlib.sha256(f"rzero-image:{int(base_seed)}:{int(index)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & _MASK63
+
+
+def image_generators(
+    base_seed: int, indices: Iterable[int], device: str | torch.device = "cpu"
+) -> list[torch.Generator]:
+    """One generator per image index, each seeded with :func:`image_seed`."""
+    return [make_generator(image_seed(base_seed, i), device) for i in indices]
+
+
+def randn_per_image(
+    shape_per_image: Sequence[int],
+    base_seed: int,
+    indices: Sequence[int],
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Standard normal noise of shape ``(len(indices), *shape_per_image)``.
+
+    Row ``k`` depends only on ``(base_seed, indices[k])``, so an image gets the same
+    noise whatever batch it lands in. Draws happen on CPU in float32 and are then
+    moved/cast, so the values are also identical across devices and dtypes.
+    """
+    shape = tuple(int(s) for s in shape_per_image)
+    gens = image_generators(base_seed, indices, "cpu")
+    if not gens:
+        return torch.empty((0, *shape), device=device, dtype=dtype)
+    draws = [torch.randn(shape, generator=g, dtype=torch.float32) for g in gens]
+    return torch.stack(draws).to(device=device, dtype=dtype)

@@ -1,0 +1,363 @@
+"""`rzero world build`: train every network of the built-in world from code.
+
+Stages, in order: prompt pool (encoded once, cached in the work dir), inspector, FID feature
+net, the three rewards, the teacher. Each stage is deterministic (data drawn from
+generators derived from (seed, stage, step)), writes its asset atomically, and records its
+metrics in the manifest. A stage whose asset and manifest entry match the current config
+is skipped, so an interrupted build resumes; the long teacher stage also keeps a resumable
+training state in the work dir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..config.schema import WorldBuildConfig
+from ..config import to_dict
+from ..utils.io import atomic_save_safetensors, atomic_write_bytes, load_safetensors, sha256_file, torch_load_safe
+from .assets import ASSET_FILES, MANIFEST, default_asset_dir, read_manifest
+from .data import PromptPool, render_batch, step_generator
+from .degrade import degrade
+from .evaluators import inspector_loss, read_scenes, split_attribute_logits
+from .models import WorldClip, WorldFeatureNet, WorldInspector, WorldJudge, WorldQuality, teacher_unet_config
+from .render import render
+from .scene import LEVELS, Specs, complete_specs, match, sample_specs, spec_of_scenes
+from .text import WorldTextEncoder
+
+STAGES = ("inspector", "featnet", "clip", "judge", "quality", "teacher")
+
+
+def _stage_hash(cfg: WorldBuildConfig, stage: str) -> str:
+    d = {"seed": cfg.seed, "stage": stage, "cfg": to_dict(getattr(cfg, stage)), "pool": cfg.pool_size}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _augment(images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Mild noise, blur and brightness changes so evaluators also read imperfect samples."""
+    b = images.shape[0]
+    x = images + torch.randn(images.shape, generator=g) * (torch.rand(b, generator=g) * 0.08)[:, None, None, None]
+    blurred = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    mix = (torch.rand(b, generator=g) < 0.3).float()[:, None, None, None] * torch.rand(b, 1, 1, 1, generator=g)
+    x = x * (1 - mix) + blurred * mix
+    x = x * (0.9 + 0.2 * torch.rand(b, 1, 1, 1, generator=g))
+    return x.clamp(-1, 1)
+
+
+def _tail_mean(values: list[float], n: int = 50) -> float:
+    tail = values[-n:]
+    return sum(tail) / len(tail)
+
+
+def _train_loop(model: nn.Module, cfg, stage: str, seed: int, loss_fn: Callable[[torch.Generator], tuple]) -> list[float]:
+    """Adam with cosine decay for `cfg.steps`; `loss_fn(g)` draws a batch and returns (loss, log)."""
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
+    model.train()
+    losses = []
+    bar = tqdm(range(cfg.steps), desc=f"world build: {stage}", unit="step", dynamic_ncols=True)
+    for step in bar:
+        loss, log = loss_fn(step_generator(seed, stage, step))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss))
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", **log)
+    model.eval()
+    return losses
+
+
+# ---------------------------------------------------------------- stages
+
+
+def train_inspector(cfg: WorldBuildConfig, pool: PromptPool) -> tuple[nn.Module, dict]:
+    model = WorldInspector()
+    c = cfg.inspector
+
+    def loss_fn(g):
+        scenes, _, images = render_batch(c.batch_size, g)
+        return inspector_loss(model(_augment(images, g)), scenes), {}
+
+    losses = _train_loop(model, c, "inspector", cfg.seed, loss_fn)
+    metrics = {"final_loss": _tail_mean(losses), **evaluate_inspector_on_renders(model, cfg.seed + 1, 400)}
+    return model, metrics
+
+
+@torch.no_grad()
+def evaluate_inspector_on_renders(model: nn.Module, seed: int, n: int) -> dict:
+    """All-correct accuracy of the inspector on fresh real renders, per level and held out."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    sets = [(f"L{lv}", sample_specs(n, lv, g)) for lv in LEVELS]
+    sets.append(("heldout", Specs.cat([sample_specs(n // 2, 2, g, heldout=True), sample_specs(n // 2, 3, g, heldout=True)])))
+    for name, specs in sets:
+        images = render(complete_specs(specs, g), g)
+        out[f"acc_{name}"] = float(match(specs, read_scenes(model, images))["all_correct"].float().mean())
+    return out
+
+
+def train_featnet(cfg: WorldBuildConfig, pool: PromptPool) -> tuple[nn.Module, dict]:
+    model = WorldFeatureNet()
+    c = cfg.featnet
+
+    def loss_fn(g):
+        scenes, _, images = render_batch(c.batch_size, g)
+        x, kind = degrade(images, g)
+        attr, deg = model(x)
+        return inspector_loss(split_attribute_logits(attr), scenes) + F.cross_entropy(deg, kind), {}
+
+    losses = _train_loop(model, c, "featnet", cfg.seed, loss_fn)
+    g = torch.Generator().manual_seed(cfg.seed + 2)
+    _, _, images = render_batch(512, g)
+    x, kind = degrade(images, g)
+    with torch.no_grad():
+        acc = float((model(x)[1].argmax(1) == kind).float().mean())
+    return model, {"final_loss": _tail_mean(losses), "degradation_acc": acc}
+
+
+def _pool_batch(pool: PromptPool, n: int, g: torch.Generator):
+    idx = torch.randint(0, pool.size, (n,), generator=g)
+    specs = pool.specs.index(idx)
+    scenes = complete_specs(specs, g)
+    return idx, specs, scenes, render(scenes, g)
+
+
+def train_clip(cfg: WorldBuildConfig, pool: PromptPool) -> tuple[nn.Module, dict]:
+    model = WorldClip()
+    c = cfg.clip
+
+    def loss_fn(g):
+        idx, _, _, images = _pool_batch(pool, c.batch_size, g)
+        states, mask = pool.text(idx)
+        img = model.embed_images(_augment(images, g))
+        txt = model.embed_text(states, mask)
+        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T  # (B, B)
+        # Identical prompts in a batch are all positives (soft targets), not false negatives.
+        prompts = [pool.prompts[i] for i in idx.tolist()]
+        ids = {p: k for k, p in enumerate(dict.fromkeys(prompts))}
+        key = torch.tensor([ids[p] for p in prompts])
+        same = (key[:, None] == key[None, :]).float()
+        target = same / same.sum(1, keepdim=True)
+        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        return loss, {}
+
+    losses = _train_loop(model, c, "clip", cfg.seed, loss_fn)
+    return model, {"final_loss": _tail_mean(losses), **_ranking_metrics(pool, cfg.seed + 3,
+                                                                           lambda im, s, m: model(im, s, m))}
+
+
+def train_judge(cfg: WorldBuildConfig, pool: PromptPool) -> tuple[nn.Module, dict]:
+    model = WorldJudge()
+    c = cfg.judge
+
+    def loss_fn(g):
+        idx, _, scenes, images = _pool_batch(pool, c.batch_size, g)
+        # Prompt: its own (35 %), its one-change perturbation (45 %) or a random one (20 %).
+        u = torch.rand(c.batch_size, generator=g)
+        other = torch.randint(0, 2 * pool.size, (c.batch_size,), generator=g)
+        tidx = torch.where(u < 0.35, idx, torch.where(u < 0.8, idx + pool.size, other))
+        target = match(pool.specs.index(tidx), scenes)["fraction"]
+        states, mask = pool.text(tidx)
+        logit = model(_augment(images, g), states, mask)
+        return F.binary_cross_entropy_with_logits(logit, target), {}
+
+    losses = _train_loop(model, c, "judge", cfg.seed, loss_fn)
+    return model, {"final_loss": _tail_mean(losses),
+                   **_ranking_metrics(pool, cfg.seed + 4, lambda im, s, m: torch.sigmoid(model(im, s, m)))}
+
+
+def train_quality(cfg: WorldBuildConfig, pool: PromptPool) -> tuple[nn.Module, dict]:
+    model = WorldQuality()
+    c = cfg.quality
+
+    def loss_fn(g):
+        _, _, images = render_batch(c.batch_size, g)
+        x, kind = degrade(images, g)
+        return F.binary_cross_entropy_with_logits(model(x), (kind == 0).float()), {}
+
+    losses = _train_loop(model, c, "quality", cfg.seed, loss_fn)
+    g = torch.Generator().manual_seed(cfg.seed + 5)
+    _, _, images = render_batch(512, g)
+    bad, kind = degrade(images, g, p_clean=0.0)
+    with torch.no_grad():
+        acc = float((model(images) > model(bad)).float().mean())
+    return model, {"final_loss": _tail_mean(losses), "rank_real_over_degraded": acc}
+
+
+@torch.no_grad()
+def _ranking_metrics(pool: PromptPool, seed: int, score) -> dict:
+    """How often a matching (image, prompt) pair outscores the same image with another prompt."""
+    g = torch.Generator().manual_seed(seed)
+    idx, _, _, images = _pool_batch(pool, 512, g)
+    other = torch.randint(0, pool.size, (512,), generator=g)
+    differs = torch.tensor([pool.prompts[a] != pool.prompts[b] for a, b in zip(idx.tolist(), other.tolist())])
+    pert = idx + pool.size
+    s_pos = score(images, *pool.text(idx))
+    s_neg = score(images, *pool.text(other))
+    s_pert = score(images, *pool.text(pert))
+    return {"rank_match_over_random": float((s_pos > s_neg)[differs].float().mean()),
+            "rank_match_over_one_change": float((s_pos > s_pert).float().mean())}
+
+
+# ---------------------------------------------------------------- teacher
+
+
+def train_teacher(cfg: WorldBuildConfig, pool: PromptPool, work_dir: Path) -> tuple[nn.Module, dict]:
+    """Text-conditional eps-prediction UNet on pixel-unshuffled renders (SD1.5's schedule).
+
+    Caption dropout (`cond_drop`) replaces the prompt by "" so the same network gives the
+    unconditional score for CFG. The EMA weights are what ships.
+    """
+    from diffusers import UNet2DConditionModel
+
+    from ..diffusion import VPSchedule, add_noise
+
+    c = cfg.teacher
+    torch.manual_seed(cfg.seed)
+    model = UNet2DConditionModel(**teacher_unet_config())
+    ema = UNet2DConditionModel(**teacher_unet_config()).requires_grad_(False)
+    ema.load_state_dict(model.state_dict())
+    opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=0.0)
+    schedule = VPSchedule()
+    state_path = work_dir / "teacher_state.pt"
+    start, losses = 0, []
+    if state_path.exists():
+        st = torch_load_safe(state_path)
+        if st.get("hash") == _stage_hash(cfg, "teacher"):
+            model.load_state_dict(st["model"])
+            ema.load_state_dict(st["ema"])
+            opt.load_state_dict(st["opt"])
+            start, losses = int(st["step"]), [float(x) for x in st["losses"]]
+            print(f"world build: teacher resumes at step {start}")
+    lr_at = lambda s: c.lr * min(1.0, (s + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / c.steps)))  # noqa: E731
+    model.train()
+    bar = tqdm(range(start, c.steps), desc="world build: teacher", unit="step", initial=start, total=c.steps,
+               dynamic_ncols=True)
+    for step in bar:
+        g = step_generator(cfg.seed, "teacher", step)
+        idx, _, _, images = _pool_batch(pool, c.batch_size, g)
+        states, mask = pool.text(idx)
+        drop = torch.rand(c.batch_size, generator=g) < c.cond_drop
+        states = torch.where(drop[:, None, None], pool.empty_states, states)
+        x0 = F.pixel_unshuffle(images, 2)  # (B, 12, 16, 16)
+        t = torch.randint(0, 1000, (c.batch_size,), generator=g)
+        eps = torch.randn(x0.shape, generator=g)
+        x_t = add_noise(x0, eps, t, schedule)
+        # Padding states are kept (as SD keeps CLIP's padding tokens); no attention mask.
+        pred = model(x_t, t, encoder_hidden_states=states).sample
+        loss = F.mse_loss(pred, eps)
+        for grp in opt.param_groups:
+            grp["lr"] = lr_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            decay = min(c.ema_decay, (1 + step) / (10 + step))
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - decay)
+        losses.append(float(loss))
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.4f}")
+        if (step + 1) % c.checkpoint_every == 0 and step + 1 < c.steps:
+            buf = _torch_bytes({"hash": _stage_hash(cfg, "teacher"), "model": model.state_dict(),
+                                "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step + 1,
+                                "losses": torch.tensor(losses)})
+            atomic_write_bytes(state_path, buf)
+    curve = [sum(losses[i:i + 100]) / len(losses[i:i + 100]) for i in range(0, len(losses), 100)]
+    return ema.eval(), {"final_loss": _tail_mean(losses, 200), "loss_curve_per_100_steps": curve}
+
+
+def _torch_bytes(obj) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- driver
+
+
+def load_or_build_pool(cfg: WorldBuildConfig, work_dir: Path) -> PromptPool:
+    path = work_dir / f"prompt_pool_{cfg.pool_size}_{cfg.seed}.safetensors"
+    if path.exists():
+        tensors = load_safetensors(path)
+        prompts = json.loads((path.with_suffix(".json")).read_text())
+        return PromptPool.from_tensors(tensors, prompts)
+    encoder = WorldTextEncoder()
+    bar = tqdm(total=2 * cfg.pool_size, desc="world build: prompt pool", unit="prompt", dynamic_ncols=True)
+    pool = PromptPool.build(cfg.pool_size, cfg.seed, encoder, progress=lambda k, n: bar.update(k - bar.n))
+    bar.close()
+    atomic_write_bytes(path.with_suffix(".json"), json.dumps(pool.prompts).encode())
+    atomic_save_safetensors(pool.tensors(), path)
+    return pool
+
+
+def build_world(cfg: WorldBuildConfig, only: list[str] | None = None, force: bool = False,
+                command: str = "rzero world build") -> dict:
+    """Run the build stages; returns the manifest written next to the assets."""
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir) if cfg.out_dir else default_asset_dir()
+    work = Path(cfg.work_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(out) if (out / MANIFEST).exists() else {"assets": {}}
+    stages = list(only) if only else list(STAGES)
+    for s in stages:
+        if s not in STAGES:
+            raise ValueError(f"unknown build stage '{s}'; choose from {', '.join(STAGES)}")
+    pool = None
+    for stage in stages:
+        h = _stage_hash(cfg, stage)
+        path = out / ASSET_FILES[stage]
+        entry = manifest["assets"].get(stage, {})
+        if not force and path.exists() and entry.get("config_hash") == h and entry.get("sha256") == sha256_file(path):
+            print(f"world build: {stage} is up to date ({path.name}), skipping")
+            continue
+        if pool is None:
+            pool = load_or_build_pool(cfg, work)
+        t0 = time.time()
+        if stage == "teacher":
+            model, metrics = train_teacher(cfg, pool, work)
+        else:
+            model, metrics = {"inspector": train_inspector, "featnet": train_featnet, "clip": train_clip,
+                              "judge": train_judge, "quality": train_quality}[stage](cfg, pool)
+        atomic_save_safetensors(model.state_dict(), path, metadata={"stage": stage, "config_hash": h})
+        # Re-read before writing: another build process may have finished a stage meanwhile.
+        manifest = read_manifest(out) if (out / MANIFEST).exists() else {"assets": {}}
+        manifest["assets"][stage] = {
+            "file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path),
+            "params": sum(p.numel() for p in model.parameters()), "config_hash": h,
+            "train_seconds": round(time.time() - t0, 1), "metrics": metrics,
+        }
+        manifest.update({"build_command": command, "git_commit": _git_commit(), "config": to_dict(cfg),
+                         "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                         "python": sys.version.split()[0], "torch": torch.__version__})
+        atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+        print(f"world build: {stage} done in {time.time() - t0:.0f}s: "
+              + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    return manifest

@@ -1,0 +1,31 @@
+"""Constructors of the world networks by asset name, and cached frozen instances."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from .assets import load_state
+from .models import WorldClip, WorldFeatureNet, WorldInspector, WorldJudge, WorldQuality, teacher_unet_config
+
+
+def build_network(name: str) -> torch.nn.Module:
+    """A randomly initialised network of the asset `name` (architecture only)."""
+    if name == "teacher":
+        from diffusers import UNet2DConditionModel
+
+        return UNet2DConditionModel(**teacher_unet_config())
+    return {"inspector": WorldInspector, "featnet": WorldFeatureNet, "clip": WorldClip, "judge": WorldJudge,
+            "quality": WorldQuality}[name]()
+
+
+@lru_cache(maxsize=None)
+def _load_cached(name: str, asset_dir: str | None) -> torch.nn.Module:
+    return load_state(build_network(name), name, Path(asset_dir) if asset_dir else None)
+
+
+def load_world_network(name: str, asset_dir: str | Path | None = None) -> torch.nn.Module:
+    """The frozen shipped network `name`; one instance per process (do not modify it)."""
+    return _load_cached(name, str(asset_dir) if asset_dir else None)
