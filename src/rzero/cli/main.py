@@ -1,2 +1,229 @@
-def main():
-    pass
+"""The `rzero` command line: argv -> resolved config -> library call (STYLE principle 3).
+
+This is the only module that reads argv. Every expected failure (bad config, missing or
+corrupt asset, bad prompt file) ends as one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+def _add_config_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("config", nargs="?", default=None,
+                   help=f"YAML preset for {what} (optional); later `key.sub=value` arguments override it")
+    p.add_argument("overrides", nargs="*", default=[], help="dotted overrides, e.g. teacher.steps=100")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+
+
+def _split_config(args) -> tuple[str | None, list[str]]:
+    """Allow `rzero eval steps=4` (no preset): a first positional with '=' is an override."""
+    if args.config is not None and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
+        return None, [args.config, *args.overrides]
+    return args.config, list(args.overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rzero", description="Reward-centric few-step text-to-image generation (R0, R0+, DI*, DI++) "
+                                  "with an offline built-in world.")
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"rzero {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    world = sub.add_parser("world", help="build or verify the built-in world",
+                           description="The built-in world: renderer, prompts, rewards, evaluators and teacher.")
+    wsub = world.add_subparsers(dest="world_command", metavar="WORLD_COMMAND")
+    b = wsub.add_parser("build", help="train every world network from code and write the assets",
+                        description="Train the world's networks (deterministic, resumable) and write assets + manifest.")
+    _add_config_args(b, "the world build (e.g. configs/world_build.yaml)")
+    b.add_argument("--only", nargs="+", metavar="STAGE", help="build only these stages "
+                   "(inspector featnet clip judge quality teacher)")
+    b.add_argument("--force", action="store_true", help="rebuild stages even if their asset is up to date")
+    v = wsub.add_parser("verify", help="check asset checksums and load every network",
+                        description="Check every asset's sha256 against the manifest and load it.")
+    v.add_argument("--assets", default=None, help="asset folder (default: the package's own)")
+
+    e = sub.add_parser("eval", help="evaluate the teacher or real renders with the pinned world protocol",
+                       description="Inspector accuracy per level, world-FID, diversity, rewards, NFE and ms/image.")
+    _add_config_args(e, "the evaluation")
+    e.add_argument("--model", choices=["teacher", "real"], help="what to evaluate (default: teacher)")
+    e.add_argument("--steps", type=int, help="sampling steps (teacher default 25)")
+    e.add_argument("--cfg", type=float, help="classifier-free guidance scale (default 7.5)")
+    e.add_argument("--json", dest="json_path", help="write the flat metrics JSON here")
+    e.add_argument("--out", help="write the Markdown report here (default: print it)")
+    e.add_argument("--assets", default=None, help="world asset folder (default: the package's own)")
+
+    s = sub.add_parser("sample", help="sample images from the world teacher",
+                       description="Sample the world teacher with DDIM + CFG and save a PNG grid.")
+    s.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    s.add_argument("--prompt-file", help="UTF-8 text file, one prompt per line")
+    s.add_argument("--steps", type=int, default=25)
+    s.add_argument("--cfg", type=float, default=7.5)
+    s.add_argument("--eta", type=float, default=0.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--num-per-prompt", type=int, default=1)
+    s.add_argument("--out", required=True, help="output PNG path")
+    s.add_argument("--assets", default=None)
+
+    d = sub.add_parser("demo", help="the main job on the built-in world: samples, metrics and a report",
+                       description="Sample the shipped teacher at fixed prompts and seeds, evaluate it and real "
+                                   "renders with the world protocol, and write a Markdown report.")
+    d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    d.add_argument("--quick", action="store_true", help="a smaller prompt set (for smoke tests)")
+    return parser
+
+
+def _fail(msg: str, code: int = EXIT_FAILURE) -> int:
+    print(f"rzero: error: {msg}", file=sys.stderr)
+    return code
+
+
+def read_prompt_file(path: str) -> list[str]:
+    """Non-empty lines of a UTF-8 prompt file; one-line errors for the ways this goes wrong."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"prompt file '{path}' not found")
+    if p.stat().st_size > 50_000_000:
+        raise ValueError(f"prompt file '{path}' is larger than 50 MB; split it")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"prompt file '{path}' is not UTF-8 text (byte {e.start}); re-save it as UTF-8") from e
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"prompt file '{path}' has no prompts; write one prompt per line")
+    return prompts
+
+
+def cmd_world(args) -> int:
+    from ..config import format_config, load_config
+    from ..config.schema import WorldBuildConfig
+
+    if args.world_command == "build":
+        config, overrides = _split_config(args)
+        cfg = load_config(WorldBuildConfig, config, overrides)
+        if args.dry_run:
+            print(format_config(cfg), end="")
+            return 0
+        from ..world.build import build_world
+
+        command = "rzero " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        manifest = build_world(cfg, only=args.only, force=args.force, command=command)
+        print(f"world build: manifest has {len(manifest['assets'])} assets")
+        return 0
+    if args.world_command == "verify":
+        from ..world.assets import verify_world
+
+        for name, status in verify_world(Path(args.assets) if args.assets else None).items():
+            print(f"{name:10s} {status}")
+        print("world verify: all assets match their checksums and load")
+        return 0
+    return _fail("choose a world command: build or verify (see `rzero world --help`)", EXIT_USAGE)
+
+
+def _eval_config(args):
+    from ..config import load_config
+    from ..config.schema import EvalConfig
+
+    config, overrides = _split_config(args)
+    for flag, key in (("model", "model"), ("steps", "steps"), ("cfg", "cfg")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return load_config(EvalConfig, config, overrides)
+
+
+def cmd_eval(args) -> int:
+    from ..config import format_config
+
+    cfg = _eval_config(args)
+    if args.dry_run:
+        print(format_config(cfg), end="")
+        return 0
+    from ..eval.report import eval_markdown, write_json
+    from ..eval.world_eval import evaluate_world, real_source, teacher_source
+
+    source = real_source(cfg.seed + 1) if cfg.model == "real" else teacher_source(cfg, args.assets)
+    metrics, _ = evaluate_world(source, cfg, args.assets)
+    report = eval_markdown({source.name: metrics})
+    if args.json_path:
+        write_json(metrics, args.json_path)
+        print(f"eval: metrics written to {args.json_path}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(report)
+        print(f"eval: report written to {args.out}")
+    else:
+        print(report)
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    prompts = list(args.prompt or [])
+    if args.prompt_file:
+        prompts += read_prompt_file(args.prompt_file)
+    if not prompts:
+        return _fail("give at least one --prompt or a --prompt-file", EXIT_USAGE)
+    if any(not p.strip() for p in prompts):
+        return _fail("empty prompt; give some text (an empty prompt is the unconditional model)", EXIT_USAGE)
+    if args.steps <= 0 or args.num_per_prompt <= 0:
+        return _fail("--steps and --num-per-prompt must be positive", EXIT_USAGE)
+    if not 0 <= args.eta <= 1:
+        return _fail("--eta must be in [0, 1]", EXIT_USAGE)
+    from ..backbones import WorldBackbone
+    from ..eval.report import save_grid
+    from ..utils.seeding import randn_per_image
+
+    backbone = WorldBackbone(asset_dir=args.assets).eval()
+    prompts = [p for p in prompts for _ in range(args.num_per_prompt)]
+    noise = randn_per_image(backbone.latent_shape, args.seed, range(len(prompts)))
+    images = backbone.sample(prompts, noise, steps=args.steps, cfg=args.cfg, eta=args.eta,
+                             generator=torch.Generator().manual_seed(args.seed))
+    save_grid(images, args.out, nrow=max(args.num_per_prompt, 1) if args.num_per_prompt > 1 else 8, upscale=4)
+    print(f"sample: {len(prompts)} images written to {args.out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from ..demo import run_demo
+
+    path = run_demo(Path(args.out), quick=args.quick)
+    print(f"demo: report written to {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    from ..config import ConfigError
+    from ..utils.io import AssetError
+
+    handlers = {"world": cmd_world, "eval": cmd_eval, "sample": cmd_sample, "demo": cmd_demo}
+    try:
+        return handlers[args.command](args)
+    except ConfigError as e:
+        return _fail(str(e), EXIT_USAGE)
+    except (AssetError, ValueError, FileNotFoundError) as e:
+        return _fail(" ".join(str(e).split()))
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

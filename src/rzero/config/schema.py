@@ -73,8 +73,7 @@ class WorldBuildConfig:
 class EvalConfig:
     """`rzero eval`: the pinned world evaluation protocol."""
 
-    model: str = "teacher"  # "teacher", "real" or "checkpoint"
-    checkpoint: str = ""
+    model: str = "teacher"  # "teacher" or "real" (real renders: the evaluators' own ceiling)
     steps: int = 25
     cfg: float = 7.5
     eta: float = 0.0
@@ -87,8 +86,8 @@ class EvalConfig:
     threads: int = 2
 
     def __post_init__(self):
-        if self.model not in ("teacher", "real", "checkpoint"):
-            raise ValueError(f"model must be 'teacher', 'real' or 'checkpoint', got '{self.model}'")
+        if self.model not in ("teacher", "real"):
+            raise ValueError(f"model must be 'teacher' or 'real', got '{self.model}'")
         for name in ("steps", "prompts_per_level", "heldout_prompts", "batch_size", "threads"):
             _positive(name, getattr(self, name))
         if self.diversity_seeds < 2:

@@ -1,0 +1,1 @@
+"""Evaluation: the world protocol, distribution metrics and reports."""

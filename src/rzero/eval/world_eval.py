@@ -1,0 +1,164 @@
+"""`rzero eval` on the built-in world: the pinned protocol of the issue tracker and SPEC 6.
+
+Prompt sets are fixed by `seed`: `prompts_per_level` specs per level L1..L4 plus
+`heldout_prompts` single-object prompts whose colour/shape pair was never trained on.
+Every image has its own noise, derived from (seed, image index), so numbers do not depend
+on the batch size.
+
+Metrics: held-out inspector all-correct accuracy per level (`acc_L1`..`acc_L4`,
+`acc_heldout`) and per attribute; world-FID of all evaluated images against real renders of
+the same prompts; diversity (mean pairwise feature distance across seeds of one prompt);
+the mean of every world reward; NFE (network evaluations per image; CFG counts double);
+ms per image.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config.schema import EvalConfig
+from ..rewards import REWARDS, make_reward
+from ..utils.seeding import image_seed, randn_per_image
+from ..world.evaluators import read_scenes
+from ..world.loaders import load_world_network
+from ..world.prompts import describe
+from ..world.render import render
+from ..world.scene import LEVELS, Specs, complete_specs, match, sample_specs
+from .metrics import frechet_distance, seed_diversity
+
+ATTRIBUTE_NAMES = ("shape", "colour", "size", "slot", "count", "background")
+WORLD_REWARDS = ("world-clip", "world-judge", "world-quality")
+
+
+@dataclass
+class PromptSet:
+    """The fixed evaluation prompts: specs, texts and the split each belongs to."""
+
+    specs: Specs
+    prompts: list[str]
+    split: list[str]  # "L1".."L4" or "heldout"
+
+
+def eval_prompt_set(cfg: EvalConfig) -> PromptSet:
+    g = torch.Generator().manual_seed(cfg.seed)
+    parts, split = [], []
+    for lv in LEVELS:
+        parts.append(sample_specs(cfg.prompts_per_level, lv, g))
+        split += [f"L{lv}"] * cfg.prompts_per_level
+    h = cfg.heldout_prompts
+    parts += [sample_specs(h - h // 2, 2, g, heldout=True), sample_specs(h // 2, 3, g, heldout=True)]
+    split += ["heldout"] * h
+    specs = Specs.cat(parts)
+    templates = torch.randint(0, 1 << 16, (len(specs),), generator=g)
+    return PromptSet(specs, describe(specs, templates), split)
+
+
+def render_real(specs: Specs, base_seed: int, indices: list[int]) -> torch.Tensor:
+    """Real renders, one generator per image: a scene satisfying the spec, then its picture."""
+    out = []
+    for k, i in enumerate(indices):
+        g = torch.Generator().manual_seed(image_seed(base_seed, i))
+        one = specs.index(slice(k, k + 1))
+        out.append(render(complete_specs(one, g), g))
+    return torch.cat(out)
+
+
+# A generate function maps (prompts, specs, image indices) -> (N, 3, 32, 32) images in [-1, 1].
+GenerateFn = Callable[[list[str], Specs, list[int]], torch.Tensor]
+
+
+@dataclass
+class ImageSource:
+    name: str
+    nfe: int
+    generate: GenerateFn
+
+
+def real_source(seed: int) -> ImageSource:
+    return ImageSource("real renders", 0, lambda prompts, specs, idx: render_real(specs, seed, idx))
+
+
+def teacher_source(cfg: EvalConfig, asset_dir=None) -> ImageSource:
+    from ..backbones import WorldBackbone
+
+    backbone = WorldBackbone(asset_dir=asset_dir).eval()
+
+    def generate(prompts, specs, idx):
+        noise = randn_per_image(backbone.latent_shape, cfg.seed, idx)
+        return backbone.sample(prompts, noise, steps=cfg.steps, cfg=cfg.cfg, eta=cfg.eta,
+                               generator=torch.Generator().manual_seed(cfg.seed))
+
+    nfe = cfg.steps * (2 if cfg.cfg != 1.0 else 1)
+    return ImageSource(f"teacher ({cfg.steps} DDIM steps, CFG {cfg.cfg})", nfe, generate)
+
+
+def _generate_all(source: ImageSource, prompts: list[str], specs: Specs, indices: list[int], batch: int,
+                  desc: str) -> tuple[torch.Tensor, float]:
+    images, seconds = [], 0.0
+    bar = tqdm(total=len(prompts), desc=desc, unit="img", dynamic_ncols=True)
+    for s in range(0, len(prompts), batch):
+        t0 = time.perf_counter()
+        images.append(source.generate(prompts[s:s + batch], specs.index(slice(s, s + batch)), indices[s:s + batch]))
+        seconds += time.perf_counter() - t0
+        bar.update(len(images[-1]))
+    bar.close()
+    return torch.cat(images).clamp(-1, 1), seconds
+
+
+@torch.no_grad()
+def evaluate_world(source: ImageSource, cfg: EvalConfig, asset_dir=None) -> tuple[dict, dict]:
+    """Run the protocol; returns (flat metrics for JSON, extra details for the report)."""
+    torch.set_num_threads(cfg.threads)
+    ps = eval_prompt_set(cfg)
+    n = len(ps.prompts)
+    indices = list(range(n))
+    images, seconds = _generate_all(source, ps.prompts, ps.specs, indices, cfg.batch_size, f"eval: {source.name}")
+
+    # Inspector accuracy per split and per attribute.
+    inspector = load_world_network("inspector", asset_dir)
+    m = match(ps.specs, read_scenes(inspector, images))
+    out: dict[str, float] = {}
+    split = ps.split
+    for name in [f"L{lv}" for lv in LEVELS] + ["heldout"]:
+        sel = torch.tensor([s == name for s in split])
+        out[f"acc_{name}"] = float(m["all_correct"][sel].float().mean())
+    for a in ATTRIBUTE_NAMES:
+        asked = m[f"{a}_n"].sum()
+        out[f"attr_acc_{a}"] = float(m[f"{a}_ok"].sum() / asked) if asked > 0 else float("nan")
+
+    # World-FID against real renders of the same prompts (a different render seed).
+    featnet = load_world_network("featnet", asset_dir)
+    reference = render_real(ps.specs, cfg.seed + 7919, indices)
+    feats = torch.cat([featnet.features(images[i:i + 512]) for i in range(0, n, 512)])
+    ref_feats = torch.cat([featnet.features(reference[i:i + 512]) for i in range(0, n, 512)])
+    out["world_fid"] = frechet_distance(feats, ref_feats)
+
+    # Diversity: several seeds of the same prompts, spread over all levels.
+    k, s = cfg.diversity_prompts, cfg.diversity_seeds
+    pick = torch.linspace(0, n - 1, k).round().long().tolist() if k > 0 else []
+    if pick:
+        d_prompts = [ps.prompts[i] for i in pick for _ in range(s)]
+        d_specs = ps.specs.index(torch.tensor([i for i in pick for _ in range(s)]))
+        d_idx = [10 * n + j for j in range(len(d_prompts))]
+        d_images, _ = _generate_all(source, d_prompts, d_specs, d_idx, cfg.batch_size, "eval: diversity")
+        d_feats = featnet.features(d_images).view(k, s, -1)
+        out["diversity"] = seed_diversity(d_feats)
+    else:
+        out["diversity"] = float("nan")
+
+    # Mean of every world reward on the evaluated images.
+    for name in WORLD_REWARDS:
+        r = make_reward(name, asset_dir=asset_dir) if name in REWARDS else None
+        vals = torch.cat([r(images[i:i + 512], ps.prompts[i:i + 512]) for i in range(0, n, 512)])
+        out[f"reward_{name.replace('-', '_')}"] = float(vals.mean())
+
+    out["nfe"] = source.nfe
+    out["ms_per_image"] = 1000.0 * seconds / n
+    out["num_images"] = n
+    details = {"source": source.name, "images": images, "prompts": ps.prompts, "split": split}
+    return out, details
