@@ -52,23 +52,34 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Check every asset's sha256 against the manifest and load it.")
     v.add_argument("--assets", default=None, help="asset folder (default: the package's own)")
 
+    t = sub.add_parser("train", help="train a few-step generator (R0 / R0+) from a preset",
+                       description="Train a few-step generator by regularized reward maximization. Resumes "
+                                   "automatically from the newest checkpoint in --out.")
+    _add_config_args(t, "training (e.g. configs/world_r0.yaml)")
+    t.add_argument("--out", default=None, help="run folder (default runs/<preset name>)")
+    t.add_argument("--assets", default=None, help="world asset folder (default: the package's own)")
+
     e = sub.add_parser("eval", help="evaluate the teacher or real renders with the pinned world protocol",
                        description="Inspector accuracy per level, world-FID, diversity, rewards, NFE and ms/image.")
     _add_config_args(e, "the evaluation")
     e.add_argument("--model", choices=["teacher", "real"], help="what to evaluate (default: teacher)")
+    e.add_argument("--checkpoint", help="evaluate a trained generator (run folder of `rzero train`) instead")
     e.add_argument("--steps", type=int, help="sampling steps (teacher default 25)")
     e.add_argument("--cfg", type=float, help="classifier-free guidance scale (default 7.5)")
     e.add_argument("--json", dest="json_path", help="write the flat metrics JSON here")
     e.add_argument("--out", help="write the Markdown report here (default: print it)")
     e.add_argument("--assets", default=None, help="world asset folder (default: the package's own)")
 
-    s = sub.add_parser("sample", help="sample images from the world teacher",
-                       description="Sample the world teacher with DDIM + CFG and save a PNG grid.")
+    s = sub.add_parser("sample", help="sample images from a trained generator or the world teacher",
+                       description="With --checkpoint, sample a trained few-step generator (no CFG); without, "
+                                   "the world teacher with DDIM + CFG. Saves a PNG grid.")
+    s.add_argument("--checkpoint", help="run folder of `rzero train` (default: the teacher)")
     s.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     s.add_argument("--prompt-file", help="UTF-8 text file, one prompt per line")
-    s.add_argument("--steps", type=int, default=25)
-    s.add_argument("--cfg", type=float, default=7.5)
-    s.add_argument("--eta", type=float, default=0.0)
+    s.add_argument("--steps", type=int, default=None, help="teacher steps (default 25); a generator "
+                   "must be sampled with the step count it was trained for")
+    s.add_argument("--cfg", type=float, default=7.5, help="teacher CFG scale")
+    s.add_argument("--eta", type=float, default=None, help="re-noise eta (default: the generator's inference eta, 0 for the teacher)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--num-per-prompt", type=int, default=1)
     s.add_argument("--out", required=True, help="output PNG path")
@@ -150,9 +161,14 @@ def cmd_eval(args) -> int:
         print(format_config(cfg), end="")
         return 0
     from ..eval.report import eval_markdown, write_json
-    from ..eval.world_eval import evaluate_world, real_source, teacher_source
+    from ..eval.world_eval import evaluate_world, generator_source, real_source, teacher_source
 
-    source = real_source(cfg.seed + 1) if cfg.model == "real" else teacher_source(cfg, args.assets)
+    if args.checkpoint:
+        source = generator_source(args.checkpoint, cfg, args.assets)
+    elif cfg.model == "real":
+        source = real_source(cfg.seed + 1)
+    else:
+        source = teacher_source(cfg, args.assets)
     metrics, _ = evaluate_world(source, cfg, args.assets)
     report = eval_markdown({source.name: metrics})
     if args.json_path:
@@ -177,21 +193,53 @@ def cmd_sample(args) -> int:
         return _fail("give at least one --prompt or a --prompt-file", EXIT_USAGE)
     if any(not p.strip() for p in prompts):
         return _fail("empty prompt; give some text (an empty prompt is the unconditional model)", EXIT_USAGE)
-    if args.steps <= 0 or args.num_per_prompt <= 0:
+    if (args.steps is not None and args.steps <= 0) or args.num_per_prompt <= 0:
         return _fail("--steps and --num-per-prompt must be positive", EXIT_USAGE)
-    if not 0 <= args.eta <= 1:
+    if args.eta is not None and not 0 <= args.eta <= 1:
         return _fail("--eta must be in [0, 1]", EXIT_USAGE)
-    from ..backbones import WorldBackbone
     from ..eval.report import save_grid
     from ..utils.seeding import randn_per_image
 
-    backbone = WorldBackbone(asset_dir=args.assets).eval()
     prompts = [p for p in prompts for _ in range(args.num_per_prompt)]
-    noise = randn_per_image(backbone.latent_shape, args.seed, range(len(prompts)))
-    images = backbone.sample(prompts, noise, steps=args.steps, cfg=args.cfg, eta=args.eta,
-                             generator=torch.Generator().manual_seed(args.seed))
-    save_grid(images, args.out, nrow=max(args.num_per_prompt, 1) if args.num_per_prompt > 1 else 8, upscale=4)
+    g = torch.Generator().manual_seed(args.seed)
+    if args.checkpoint:
+        from ..generator import load_generator
+
+        gen, meta = load_generator(args.checkpoint, args.assets)
+        if args.steps is not None and args.steps != gen.steps:
+            return _fail(f"this generator was trained for {gen.steps} steps; drop --steps or pass --steps {gen.steps}",
+                         EXIT_USAGE)
+        backbone = gen.backbone
+        noise = randn_per_image(backbone.latent_shape, args.seed, range(len(prompts)))
+        eta = meta.get("inference_eta", 0.0) if args.eta is None else args.eta
+        with torch.no_grad():
+            images = backbone.decode(gen(noise, backbone.encode_prompts(prompts), eta, generator=g).x0).clamp(-1, 1)
+    else:
+        from ..backbones import WorldBackbone
+
+        backbone = WorldBackbone(asset_dir=args.assets).eval()
+        noise = randn_per_image(backbone.latent_shape, args.seed, range(len(prompts)))
+        images = backbone.sample(prompts, noise, steps=args.steps or 25, cfg=args.cfg, eta=args.eta or 0.0,
+                                 generator=g)
+    save_grid(images, args.out, nrow=args.num_per_prompt if args.num_per_prompt > 1 else 8, upscale=4)
     print(f"sample: {len(prompts)} images written to {args.out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from ..config import format_config, load_config
+    from ..config.schema import TrainConfig
+
+    config, overrides = _split_config(args)
+    cfg = load_config(TrainConfig, config, overrides)
+    if args.dry_run:
+        print(format_config(cfg), end="")
+        return 0
+    from ..trainers import TRAINERS
+
+    out = Path(args.out) if args.out else Path("runs") / (Path(config).stem if config else cfg.method)
+    final = TRAINERS[cfg.method](cfg, out, asset_dir=args.assets).fit()
+    print(f"train: generator snapshot written to {final}")
     return 0
 
 
@@ -214,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..config import ConfigError
     from ..utils.io import AssetError
 
-    handlers = {"world": cmd_world, "eval": cmd_eval, "sample": cmd_sample, "demo": cmd_demo}
+    handlers = {"world": cmd_world, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "demo": cmd_demo}
     try:
         return handlers[args.command](args)
     except ConfigError as e:

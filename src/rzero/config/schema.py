@@ -62,6 +62,7 @@ class WorldBuildConfig:
     clip: StageConfig = field(default_factory=lambda: StageConfig(steps=1200, batch_size=256, lr=1e-3))
     judge: StageConfig = field(default_factory=lambda: StageConfig(steps=2000, batch_size=128, lr=1e-3))
     quality: StageConfig = field(default_factory=lambda: StageConfig(steps=600, batch_size=128, lr=2e-3))
+    sharpness: StageConfig = field(default_factory=lambda: StageConfig(steps=600, batch_size=128, lr=2e-3))
     teacher: TeacherStageConfig = field(default_factory=TeacherStageConfig)
 
     def __post_init__(self):
@@ -96,3 +97,123 @@ class EvalConfig:
             raise ValueError(f"cfg must be >= 0, got {self.cfg}")
         if not 0 <= self.eta <= 1:
             raise ValueError(f"eta must be in [0, 1], got {self.eta}")
+
+
+# ---------------------------------------------------------------- training (R0, R0+)
+
+
+@dataclass
+class GeneratorConfig:
+    """The K-step generator (SPEC 1.1)."""
+
+    steps: int = 4
+    timesteps: list[float] = field(default_factory=list)  # empty: evenly spaced from the top
+    renoise: str = "mix"  # "mix" | "ddim_sigma"
+    eta_min: float = 0.0
+    eta_max: float = 1.0
+    eta_per_step: bool = False  # False: one eta per trajectory
+    inference_eta: float = 0.0
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self):
+        _positive("steps", self.steps)
+        if self.renoise not in ("mix", "ddim_sigma"):
+            raise ValueError(f"renoise must be 'mix' or 'ddim_sigma', got '{self.renoise}'")
+        if not 0 <= self.eta_min <= self.eta_max <= 1:
+            raise ValueError(f"need 0 <= eta_min <= eta_max <= 1, got {self.eta_min}, {self.eta_max}")
+        if not 0 <= self.inference_eta <= 1:
+            raise ValueError(f"inference_eta must be in [0, 1], got {self.inference_eta}")
+        if self.timesteps and len(self.timesteps) != self.steps:
+            raise ValueError(f"{len(self.timesteps)} timesteps given for {self.steps} steps")
+
+
+@dataclass
+class RewardConfig:
+    """Weighted rewards with per-reward gradient normalization (SPEC 1.2)."""
+
+    names: list[str] = field(default_factory=lambda: ["world-clip", "world-judge", "world-quality"])
+    weights: dict[str, float] = field(default_factory=dict)  # missing names weigh 1.0
+    normalize_grads: bool = True
+    delta: float = 1e-8
+
+    def __post_init__(self):
+        if not self.names:
+            raise ValueError("names must list at least one reward")
+        unknown = sorted(set(self.weights) - set(self.names))
+        if unknown:
+            raise ValueError(f"weights given for rewards not in names: {', '.join(unknown)}")
+
+
+@dataclass
+class RegularizationConfig:
+    """Weight regularization toward the initial weights (SPEC 1.3)."""
+
+    weight: float = 1.0  # lambda_w; 0 disables it
+
+    def __post_init__(self):
+        if self.weight < 0:
+            raise ValueError(f"weight must be >= 0, got {self.weight}")
+
+
+@dataclass
+class R0PlusConfig:
+    """R0+ switches (SPEC 1.4)."""
+
+    intermediate_supervision: bool = False
+    hires_guidance: bool = False
+    hires_weight: float = 1.0
+    hires_t_max: int = 600  # noise levels (VP timesteps) at which the classifier is queried
+
+    def __post_init__(self):
+        if self.hires_weight < 0:
+            raise ValueError(f"hires_weight must be >= 0, got {self.hires_weight}")
+        _positive("hires_t_max", self.hires_t_max)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+
+    def __post_init__(self):
+        _positive("lr", self.lr)
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip}")
+
+
+@dataclass
+class TrainConfig:
+    """`rzero train`: one preset describes a whole run."""
+
+    method: str = "r0"
+    backbone: str = "world"
+    seed: int = 0
+    threads: int = 2
+    iterations: int = 300
+    batch_size: int = 32
+    grad_accum: int = 1
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (accelerate)
+    ema_decay: float = 0.99  # 0 disables the EMA
+    log_every: int = 10
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    sample_every: int = 100
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
+    r0plus: R0PlusConfig = field(default_factory=R0PlusConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self):
+        if self.method not in ("r0",):
+            raise ValueError(f"method must be 'r0', got '{self.method}'")
+        for name in ("iterations", "batch_size", "grad_accum", "threads", "log_every", "checkpoint_every",
+                     "keep_checkpoints", "sample_every"):
+            _positive(name, getattr(self, name))
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got '{self.mixed_precision}'")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")

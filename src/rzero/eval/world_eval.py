@@ -162,3 +162,20 @@ def evaluate_world(source: ImageSource, cfg: EvalConfig, asset_dir=None) -> tupl
     out["num_images"] = n
     details = {"source": source.name, "images": images, "prompts": ps.prompts, "split": split}
     return out, details
+
+
+def generator_source(checkpoint, cfg: EvalConfig, asset_dir=None) -> ImageSource:
+    """A trained few-step generator (`rzero train` output) at its inference eta."""
+    from ..generator import load_generator
+
+    gen, meta = load_generator(checkpoint, asset_dir)
+    backbone = gen.backbone
+    eta = float(meta.get("inference_eta", 0.0))
+
+    def generate(prompts, specs, idx):
+        noise = randn_per_image(backbone.latent_shape, cfg.seed, idx)
+        g = torch.Generator().manual_seed(image_seed(cfg.seed, idx[0]))
+        x0 = gen(noise, backbone.encode_prompts(prompts), eta, generator=g).x0
+        return backbone.decode(x0).clamp(-1, 1)
+
+    return ImageSource(f"{meta.get('method', 'generator').upper()} ({gen.steps} steps)", gen.steps, generate)

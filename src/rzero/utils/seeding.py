@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-__all__ = ["image_generators", "image_seed", "make_generator", "rank_seed", "randn_per_image"]
+__all__ = ["derived_generator", "image_generators", "image_seed", "make_generator", "rank_seed", "randn_per_image"]
 
 _MASK63 = (1 << 63) - 1
 
@@ -62,3 +62,15 @@ def randn_per_image(
         return torch.empty((0, *shape), device=device, dtype=dtype)
     draws = [torch.randn(shape, generator=g, dtype=torch.float32) for g in gens]
     return torch.stack(draws).to(device=device, dtype=dtype)
+
+
+def derived_generator(seed: int, tag: str, step: int) -> torch.Generator:
+    """A CPU generator determined by (seed, tag, step) alone.
+
+    Training loops draw each step's data and noise from it, so resuming at step k redraws
+    exactly what a straight run drew, with no RNG state to save.
+    """
+    h = 1469598103934665603  # FNV-1a over the parts
+    for part in (seed, step, *tag.encode()):
+        h = ((h ^ int(part)) * 1099511628211) % (1 << 63)
+    return torch.Generator().manual_seed(h)

@@ -17,6 +17,7 @@ ASSET_FILES = {
     "judge": "world_judge.safetensors",
     "quality": "world_quality.safetensors",
     "teacher": "teacher_unet.safetensors",
+    "sharpness": "sharpness.safetensors",
 }
 
 

@@ -31,12 +31,13 @@ from .assets import ASSET_FILES, MANIFEST, default_asset_dir, read_manifest
 from .data import PromptPool, render_batch, step_generator
 from .degrade import degrade
 from .evaluators import inspector_loss, read_scenes, split_attribute_logits
-from .models import WorldClip, WorldFeatureNet, WorldInspector, WorldJudge, WorldQuality, teacher_unet_config
+from .models import (WorldClip, WorldFeatureNet, WorldInspector, WorldJudge, WorldQuality, WorldSharpness,
+                     teacher_unet_config)
 from .render import render
 from .scene import LEVELS, Specs, complete_specs, match, sample_specs, spec_of_scenes
 from .text import WorldTextEncoder
 
-STAGES = ("inspector", "featnet", "clip", "judge", "quality", "teacher")
+STAGES = ("inspector", "featnet", "clip", "judge", "quality", "sharpness", "teacher")
 
 
 def _stage_hash(cfg: WorldBuildConfig, stage: str) -> str:
@@ -207,6 +208,35 @@ def train_quality(cfg: WorldBuildConfig, pool: PromptPool) -> tuple[nn.Module, d
     return model, {"final_loss": _tail_mean(losses), "rank_real_over_degraded": acc}
 
 
+def _soften(images: torch.Tensor) -> torch.Tensor:
+    """Down-then-up-sampled copy: the "not high-resolution" class of R0+'s guidance."""
+    return F.interpolate(F.avg_pool2d(images, 2), scale_factor=2, mode="bilinear", align_corners=False)
+
+
+def train_sharpness(cfg: WorldBuildConfig, pool: PromptPool) -> tuple[nn.Module, dict]:
+    from ..diffusion import VPSchedule, add_noise
+
+    model, c, schedule = WorldSharpness(), cfg.sharpness, VPSchedule()
+    t_max = 600  # above this the two classes are indistinguishable under the noise
+
+    def batch(g, n):
+        _, _, images = render_batch(n // 2, g)
+        x0 = torch.cat([images, _soften(images)])
+        label = torch.cat([torch.ones(n // 2), torch.zeros(n // 2)])
+        t = torch.randint(0, t_max, (len(x0),), generator=g)
+        return add_noise(x0, torch.randn(x0.shape, generator=g), t, schedule), t, label
+
+    def loss_fn(g):
+        x_t, t, label = batch(g, c.batch_size)
+        return F.binary_cross_entropy_with_logits(model(x_t, t), label), {}
+
+    losses = _train_loop(model, c, "sharpness", cfg.seed, loss_fn)
+    x_t, t, label = batch(torch.Generator().manual_seed(cfg.seed + 6), 1024)
+    with torch.no_grad():
+        acc = float(((model(x_t, t) > 0).float() == label).float().mean())
+    return model, {"final_loss": _tail_mean(losses), "accuracy_t_below_600": acc}
+
+
 @torch.no_grad()
 def _ranking_metrics(pool: PromptPool, seed: int, score) -> dict:
     """How often a matching (image, prompt) pair outscores the same image with another prompt."""
@@ -345,7 +375,8 @@ def build_world(cfg: WorldBuildConfig, only: list[str] | None = None, force: boo
             model, metrics = train_teacher(cfg, pool, work)
         else:
             model, metrics = {"inspector": train_inspector, "featnet": train_featnet, "clip": train_clip,
-                              "judge": train_judge, "quality": train_quality}[stage](cfg, pool)
+                              "judge": train_judge, "quality": train_quality,
+                              "sharpness": train_sharpness}[stage](cfg, pool)
         atomic_save_safetensors(model.state_dict(), path, metadata={"stage": stage, "config_hash": h})
         # Re-read before writing: another build process may have finished a stage meanwhile.
         manifest = read_manifest(out) if (out / MANIFEST).exists() else {"assets": {}}

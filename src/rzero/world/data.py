@@ -16,15 +16,8 @@ from .prompts import describe, random_templates
 from .render import render
 from .scene import (BACKGROUNDS, COLOURS, N_SLOTS, SHAPES, SIZES, Scenes, Specs, complete_specs,
                     sample_training_specs)
+from ..utils.seeding import derived_generator as step_generator  # noqa: F401 (re-export)
 from .text import WorldTextEncoder
-
-
-def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
-    """A generator derived from (seed, stage, step): resuming at any step redraws the same data."""
-    h = 1469598103934665603
-    for part in (seed, step, *stage.encode()):
-        h = ((h ^ int(part)) * 1099511628211) % (1 << 63)
-    return torch.Generator().manual_seed(h)
 
 
 def render_batch(n: int, g: torch.Generator, size: int = 32) -> tuple[Scenes, Specs, torch.Tensor]:

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from .assets import load_state
-from .models import WorldClip, WorldFeatureNet, WorldInspector, WorldJudge, WorldQuality, teacher_unet_config
+from .models import (WorldClip, WorldFeatureNet, WorldInspector, WorldJudge, WorldQuality, WorldSharpness,
+                     teacher_unet_config)
 
 
 def build_network(name: str) -> torch.nn.Module:
@@ -18,7 +19,7 @@ def build_network(name: str) -> torch.nn.Module:
 
         return UNet2DConditionModel(**teacher_unet_config())
     return {"inspector": WorldInspector, "featnet": WorldFeatureNet, "clip": WorldClip, "judge": WorldJudge,
-            "quality": WorldQuality}[name]()
+            "quality": WorldQuality, "sharpness": WorldSharpness}[name]()
 
 
 @lru_cache(maxsize=None)

@@ -170,6 +170,24 @@ class WorldFeatureNet(nn.Module):
         return self.attr_head(f), self.degradation_head(f)
 
 
+class WorldSharpness(nn.Module):
+    """R0+ high-resolution guidance classifier: logit of p(sharp | x_t, t) (SPEC 1.4).
+
+    Trained to tell full-resolution renders from down-then-up-sampled ones after both are
+    noised to the same t; `t` (B,) VP timesteps enter as an extra constant input channel.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(4, 32, 3, 1, 1)
+        self.trunk = nn.Sequential(nn.SiLU(), _conv_gn(32, 48, 2), _conv_gn(48, 64, 2), nn.AdaptiveAvgPool2d(1),
+                                   nn.Flatten(), nn.Linear(64, 64), nn.SiLU(), nn.Linear(64, 1))
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        tc = (t.float() / 1000.0).view(-1, 1, 1, 1).expand(-1, 1, *x_t.shape[-2:])
+        return self.trunk(self.stem(torch.cat([x_t, tc], 1))).squeeze(-1)
+
+
 def teacher_unet_config() -> dict:
     """UNet2DConditionModel config of the world teacher (4.6 M params, computes at 16x16x12).
 

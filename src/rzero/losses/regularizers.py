@@ -1,0 +1,31 @@
+"""Weight regularization toward the pretrained weights (SPEC 1.3).
+
+    L_reg = lambda_w * sum_p ||theta_p - theta0_p||^2
+
+theta0 is a frozen copy taken when training starts (for LoRA the regularized "delta" is the
+adapter weights themselves, whose initial value is zero).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class WeightRegularizer(torch.nn.Module):
+    """Keeps frozen copies of the initial trainable weights; `forward(params) -> (loss, metrics)`."""
+
+    def __init__(self, named_params: list[tuple[str, torch.nn.Parameter]], strength: float):
+        super().__init__()
+        if strength < 0:
+            raise ValueError(f"weight regularization strength must be >= 0, got {strength}")
+        self.strength = float(strength)
+        self.names = [n for n, _ in named_params]
+        # Buffers (not parameters): saved with the trainer state, never optimized.
+        for i, (_, p) in enumerate(named_params):
+            self.register_buffer(f"theta0_{i}", p.detach().clone())
+
+    def forward(self, params: list[torch.nn.Parameter]) -> tuple[torch.Tensor, dict[str, float]]:
+        sq = params[0].new_zeros(())
+        for i, p in enumerate(params):
+            sq = sq + (p - getattr(self, f"theta0_{i}")).pow(2).sum()
+        return self.strength * sq, {"reg/loss": float(self.strength * sq.detach()), "reg/dist": float(sq.detach().sqrt())}

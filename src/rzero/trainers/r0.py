@@ -1,0 +1,112 @@
+"""R0: regularized reward maximization of a K-step generator (SPEC 1; R0+ switches of 1.4).
+
+One iteration, top to bottom:
+  1. prompts and noise from this iteration's generator (only prompts: no training images);
+  2. eta ~ U[eta_min, eta_max] per trajectory (or per step);
+  3. run the K-step generator with gradients through every step (R0+ intermediate
+     supervision: stop at a random step k, earlier steps without gradient);
+  4. decode and score with every reward; inject the normalized composite direction;
+  5. add the weight regularizer lambda_w ||theta - theta0||^2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..backbones import make_backbone
+from ..config.schema import TrainConfig
+from ..eval.report import save_grid
+from ..generator import FewStepGenerator
+from ..losses import WeightRegularizer
+from ..rewards import make_reward
+from ..rewards.composite import CompositeReward
+from ..utils.seeding import randn_per_image
+from .engine import Trainer
+from .prompts import prompt_source
+
+
+class R0Trainer(Trainer):
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, asset_dir=None, backbone=None, rewards=None):
+        super().__init__(cfg, out_dir)
+        torch.manual_seed(cfg.seed)
+        torch.set_num_threads(cfg.threads)
+        self.backbone = backbone if backbone is not None else make_backbone(cfg.backbone, asset_dir=asset_dir)
+        # Only the denoiser trains; the text encoder is outside the module tree entirely.
+        self.model = self.backbone.unet.requires_grad_(True).train()
+        gc = cfg.generator
+        self.generator = FewStepGenerator(self.backbone, gc.steps, gc.timesteps or None, gc.renoise,
+                                          gc.gradient_checkpointing)
+        if rewards is None:
+            rewards = {name: make_reward(name, asset_dir=asset_dir) for name in cfg.reward.names}
+        self.reward = CompositeReward(rewards, cfg.reward.weights, cfg.reward.normalize_grads, cfg.reward.delta)
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.regularizer = WeightRegularizer(named, cfg.regularization.weight)
+        self.prompts = prompt_source(cfg.backbone)
+        self.sharpness = None
+        if cfg.r0plus.hires_guidance:
+            from ..world.loaders import load_world_network
+
+            self.sharpness = load_world_network("sharpness", asset_dir)
+        self.setup()
+
+    def hires_direction(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """R0+ guidance: grad_x0 log p(sharp | x_t, t) at the noised generator output (SPEC 1.4)."""
+        from ..diffusion import add_noise
+
+        sched = self.backbone.schedule
+        x0 = images.detach().requires_grad_(True)
+        t = torch.randint(0, self.cfg.r0plus.hires_t_max, (len(x0),), generator=g)
+        x_t = add_noise(x0, torch.randn(x0.shape, generator=g), t, sched)
+        logp = torch.nn.functional.logsigmoid(self.sharpness(x_t, t))
+        (grad,) = torch.autograd.grad(logp.sum(), x0)  # chain rule already includes a_t
+        return grad
+
+    def train_step(self, g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg, gc = self.cfg, self.cfg.generator
+        b = cfg.batch_size
+        # 1) Prompts and noise.
+        prompts = self.prompts(b, g)
+        cond = self.backbone.encode_prompts(prompts)
+        noise = torch.randn((b, *self.backbone.latent_shape), generator=g)
+        # 2) Random eta keeps the generator a sampler of the image manifold (SPEC 1.1).
+        eta = self.generator.sample_eta(b, gc.eta_min, gc.eta_max, gc.eta_per_step, g)
+        # 3) Unrolled K-step generation (R0+: stop at a random intermediate step).
+        stop = None
+        if cfg.r0plus.intermediate_supervision:
+            stop = int(torch.randint(1, gc.steps + 1, (1,), generator=g))
+        out = self.generator(noise, cond, eta, generator=g, stop_at=stop,
+                             grad_only_last=cfg.r0plus.intermediate_supervision)
+        images = self.backbone.decode(out.x0)  # (B, 3, H, W), nominally [-1, 1]
+        # 4) Rewards through the normalized-gradient surrogate.
+        extra = {}
+        if self.sharpness is not None:
+            extra["hires"] = (cfg.r0plus.hires_weight, self.hires_direction(images, g))
+        loss_reward, metrics = self.reward.loss(images, prompts, extra)
+        # 5) Weight regularization toward the pretrained weights.
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        loss_reg, m_reg = self.regularizer(params)
+        metrics.update(m_reg)
+        if stop is not None:
+            metrics["r0plus/stop_step"] = float(stop)
+        return loss_reward + loss_reg, metrics
+
+    @torch.no_grad()
+    def sample_grid(self, path: Path) -> None:
+        from ..demo import fixed_prompts
+
+        prompts, _ = fixed_prompts()
+        prompts = [p for p in prompts for _ in range(4)]
+        noise = randn_per_image(self.backbone.latent_shape, 0, range(len(prompts)))
+        was = self.model.training
+        self.model.eval()
+        x0 = self.generator(noise, self.backbone.encode_prompts(prompts), self.cfg.generator.inference_eta,
+                            generator=torch.Generator().manual_seed(0)).x0
+        self.model.train(was)
+        save_grid(self.backbone.decode(x0).clamp(-1, 1), path, nrow=4, upscale=3)
+
+    def snapshot_meta(self) -> dict:
+        gc = self.cfg.generator
+        return {"steps": gc.steps, "timesteps": [float(t) for t in self.generator.timesteps],
+                "renoise": gc.renoise, "inference_eta": gc.inference_eta}

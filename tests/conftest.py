@@ -1,0 +1,38 @@
+"""Shared test set-up: offline Hugging Face, two CPU threads, and the world's asset folder.
+
+Tests that need the world's trained networks take the `world_assets` fixture. It points at
+the package's own assets (`default_asset_dir()`), or at `$RZERO_TEST_ASSETS` when that is
+set (e.g. a tiny untrained asset set built with `rzero world build` for fast development).
+A missing manifest fails those tests loudly instead of skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Before anything imports transformers / huggingface_hub: never touch the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Two threads, as on the reference machine. RZERO_TEST_THREADS=1 helps when other jobs keep the
+# CPU busy: oversubscribed intra-op threads make each small op wait for a time slice.
+torch.set_num_threads(int(os.environ.get("RZERO_TEST_THREADS", "2")))
+
+from rzero.world.assets import MANIFEST, default_asset_dir  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def world_assets() -> Path:
+    """Folder holding the world's safetensors and manifest.json (never modified by tests)."""
+    path = Path(os.environ.get("RZERO_TEST_ASSETS", default_asset_dir()))
+    if not (path / MANIFEST).is_file():
+        pytest.fail(
+            f"world assets not found: '{path / MANIFEST}' does not exist. Build them with "
+            "`rzero world build` (or point RZERO_TEST_ASSETS at a folder holding a built asset set).",
+            pytrace=False,
+        )
+    return path
