@@ -7,6 +7,7 @@ check the real exit status and that stderr holds exactly one `rzero: error:` lin
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -19,7 +20,6 @@ import yaml
 
 from rzero.cli.main import build_parser, main
 from rzero.world.assets import ASSET_FILES, MANIFEST
-
 
 
 def command_paths(parser=None, prefix=()) -> list[tuple[str, ...]]:
@@ -284,7 +284,7 @@ def test_sample_writes_png(capsys, world_assets, tmp_path):
 def test_sample_bad_prompt_file(capsys, tmp_path, world_assets, kind):
     path = tmp_path / "prompts.txt"
     fragment = {"empty": "no prompts", "blank-lines": "no prompts", "non-utf8": "not UTF-8",
-                "missing": "not found", "directory": "not found"}[kind]
+                "missing": "not found", "directory": "is a folder"}[kind]
     if kind == "empty":
         path.write_text("")
     elif kind == "blank-lines":
@@ -329,6 +329,34 @@ def test_sample_with_corrupt_teacher_fails_cleanly(capsys, assets_copy, tmp_path
     one_error_line(err, ASSET_FILES["teacher"])
 
 
+def test_sample_unwritable_output_is_one_line(capsys, world_assets, tmp_path):
+    """An --out whose parent is a file is a user error: one line, exit 1, no traceback."""
+    (tmp_path / "afile").write_text("")
+    code, _, err = run(capsys, "sample", "--prompt", "a red circle", "--steps", "1", "--out",
+                       tmp_path / "afile" / "x.png", "--assets", world_assets)
+    assert code == 1
+    one_error_line(err, "afile")
+
+
+def test_sample_late_error_subprocess(world_assets, tmp_path):
+    """An error after the networks are loaded (corrupt generator weights): one stderr line."""
+    snap = tmp_path / "run" / "final"
+    snap.mkdir(parents=True)
+    (snap / "generator.json").write_text('{"steps": 4, "backbone": "world"}')
+    (snap / "generator.safetensors").write_bytes(b"\x00garbage" * 10)
+    proc = run_subprocess("sample", "--checkpoint", tmp_path / "run", "--prompt", "a red circle",
+                          "--out", tmp_path / "x.png", "--assets", world_assets)
+    assert proc.returncode == 1
+    one_error_line(proc.stderr, "corrupt")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_sample_output_extension_checked_before_work(tmp_path):
+    proc = run_subprocess("sample", "--prompt", "a red circle", "--out", tmp_path / "x.txt")
+    assert proc.returncode == 2
+    one_error_line(proc.stderr, ".png")
+
+
 # ---------------------------------------------------------------------------------- eval
 
 
@@ -338,8 +366,14 @@ def test_eval_real_end_to_end(capsys, world_assets, tmp_path):
                          "diversity_prompts=2", "diversity_seeds=2", f"threads={torch.get_num_threads()}",
                          "--json", js, "--out", md, "--assets", world_assets)
     assert code == 0, err
-    import json
-
     metrics = json.loads(js.read_text())
     assert metrics["num_images"] == 10 and "acc_L1" in metrics and "world_fid" in metrics
     assert md.read_text().strip()
+
+
+def test_eval_json_path_is_a_directory(capsys, world_assets, tmp_path):
+    code, _, err = run(capsys, "eval", "model=real", "prompts_per_level=1", "heldout_prompts=2",
+                       "diversity_prompts=0", f"threads={torch.get_num_threads()}", "--json", tmp_path,
+                       "--assets", world_assets)
+    assert code == 1
+    one_error_line(err, str(tmp_path))

@@ -62,7 +62,7 @@ class BackboneBase(torch.nn.Module):
 
     @torch.no_grad()
     def sample(self, prompts: list[str], noise: torch.Tensor, steps: int = 25, cfg: float = 7.5, eta: float = 0.0,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
         """Multi-step DDIM with CFG (the teacher's sampler); returns decoded images."""
         cond = self.encode_prompts(prompts)
         uncond = self.empty_cond(len(prompts))

@@ -98,9 +98,27 @@ def _fail(msg: str, code: int = EXIT_FAILURE) -> int:
     return code
 
 
+def check_output_file(path: str | None, flag: str) -> None:
+    """Fail before any work if an output file path cannot be written (a folder, a file as parent)."""
+    if not path:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{flag} '{path}' is a folder; give a file path")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{flag} '{path}': '{parent}' is a file, not a folder")
+            if not os.access(parent, os.W_OK):
+                raise ValueError(f"{flag} '{path}': folder '{parent}' is not writable")
+            break
+
+
 def read_prompt_file(path: str) -> list[str]:
     """Non-empty lines of a UTF-8 prompt file; one-line errors for the ways this goes wrong."""
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"prompt file '{path}' is a folder; give a text file")
     if not p.is_file():
         raise ValueError(f"prompt file '{path}' not found")
     if p.stat().st_size > 50_000_000:
@@ -157,6 +175,8 @@ def cmd_eval(args) -> int:
     from ..config import format_config
 
     cfg = _eval_config(args)
+    check_output_file(args.json_path, "--json")
+    check_output_file(args.out, "--out")
     if args.dry_run:
         print(format_config(cfg), end="")
         return 0
@@ -186,6 +206,9 @@ def cmd_eval(args) -> int:
 def cmd_sample(args) -> int:
     import torch
 
+    check_output_file(args.out, "--out")
+    if Path(args.out).suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        return _fail(f"--out '{args.out}' must end in .png, .jpg or .webp", EXIT_USAGE)
     prompts = list(args.prompt or [])
     if args.prompt_file:
         prompts += read_prompt_file(args.prompt_file)
@@ -267,8 +290,11 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args)
     except ConfigError as e:
         return _fail(str(e), EXIT_USAGE)
-    except (AssetError, ValueError, FileNotFoundError) as e:
+    except (AssetError, ValueError) as e:
         return _fail(" ".join(str(e).split()))
+    except OSError as e:  # unwritable output, a folder where a file is expected, a full disk...
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        return _fail(f"{e.strerror or e}{where}; check the path and its permissions")
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
 

@@ -3,7 +3,7 @@
 Depends only on torch; diffusers serves as the golden reference in the tests, never here.
 """
 
-from .samplers import Trajectory, cfg_combine, ddim_sample, ddim_sigma, ddim_step
+from .samplers import Trajectory, cfg_combine, ddim_sample, ddim_sigma, ddim_step, draw_noise
 from .schedules import (
     PREDICTION_TYPES,
     SCHEDULES,
@@ -31,6 +31,7 @@ __all__ = [
     "ddim_sample",
     "ddim_sigma",
     "ddim_step",
+    "draw_noise",
     "eps_from_x0",
     "make_schedule",
     "output_from_x0_eps",

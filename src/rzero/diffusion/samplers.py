@@ -14,14 +14,28 @@ or, for VP, abar_0 (`final="alpha0"`, diffusers' set_alpha_to_one=False as in SD
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from .schedules import Schedule, TimeLike, _check_final, broadcast_to
 
-__all__ = ["cfg_combine", "ddim_sigma", "ddim_step", "ddim_sample", "Trajectory"]
+__all__ = ["cfg_combine", "ddim_sigma", "ddim_step", "ddim_sample", "draw_noise", "Trajectory"]
+
+
+def draw_noise(like: Tensor, generator: Union[torch.Generator, Sequence[torch.Generator]]) -> Tensor:
+    """N(0, I) shaped like `like`, from one generator or from one generator per sample.
+
+    A list of per-sample generators makes each sample's noise independent of the batch it
+    is in (evaluation protocol: results must not depend on batch size).
+    """
+    if isinstance(generator, torch.Generator):
+        return torch.randn(like.shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)
+    if len(generator) != like.shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {like.shape[0]}")
+    return torch.stack([torch.randn(like.shape[1:], generator=g, device=g.device, dtype=like.dtype)
+                        for g in generator]).to(like.device)
 
 
 def cfg_combine(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
@@ -125,7 +139,7 @@ def ddim_sample(
     timesteps: Tensor,
     schedule: Schedule,
     eta: float = 0.0,
-    generator: Optional[torch.Generator] = None,
+    generator: Union[torch.Generator, Sequence[torch.Generator], None] = None,
     return_trajectory: bool = False,
     final: str = "x0",
 ) -> Union[Tensor, tuple[Tensor, Trajectory]]:
@@ -137,7 +151,7 @@ def ddim_sample(
     timestep it steps to the endpoint given by `final`: "x0" returns the last x0 prediction itself
     (diffusers DDIM with set_alpha_to_one=True), "alpha0" ends at abar_0 like SD1.5's config
     (set_alpha_to_one=False). With eta > 0 one fresh N(0, I) is drawn per step, on the generator's
-    device, in step order; `generator` is then required. Fully differentiable: no in-place updates
+    device, in step order; `generator` (one, or a list with one per sample) is then required. Fully differentiable: no in-place updates
     and no no_grad, so gradients reach x0_fn's parameters and `noise`.
     """
     if timesteps.ndim != 1 or timesteps.numel() == 0:
@@ -157,7 +171,7 @@ def ddim_sample(
         t_next = timesteps[i + 1].expand(B) if i + 1 < n else None
         z = None
         if eta > 0.0:
-            z = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
+            z = draw_noise(x, generator)
         x = ddim_step(x, x0, t_batch, t_next, schedule, eta=eta, noise=z, final=final)
         xs.append(x)
         x0s.append(x0)

@@ -83,6 +83,11 @@ def real_source(seed: int) -> ImageSource:
     return ImageSource("real renders", 0, lambda prompts, specs, idx: render_real(specs, seed, idx))
 
 
+def _step_noise_generators(seed: int, idx: list[int]) -> list[torch.Generator]:
+    """Per-image generators for the re-noising draws (eta > 0), distinct from the start noise."""
+    return [torch.Generator().manual_seed(image_seed(seed + 1, i)) for i in idx]
+
+
 def teacher_source(cfg: EvalConfig, asset_dir=None) -> ImageSource:
     from ..backbones import WorldBackbone
 
@@ -91,7 +96,7 @@ def teacher_source(cfg: EvalConfig, asset_dir=None) -> ImageSource:
     def generate(prompts, specs, idx):
         noise = randn_per_image(backbone.latent_shape, cfg.seed, idx)
         return backbone.sample(prompts, noise, steps=cfg.steps, cfg=cfg.cfg, eta=cfg.eta,
-                               generator=torch.Generator().manual_seed(cfg.seed))
+                               generator=_step_noise_generators(cfg.seed, idx))
 
     nfe = cfg.steps * (2 if cfg.cfg != 1.0 else 1)
     return ImageSource(f"teacher ({cfg.steps} DDIM steps, CFG {cfg.cfg})", nfe, generate)
@@ -174,8 +179,7 @@ def generator_source(checkpoint, cfg: EvalConfig, asset_dir=None) -> ImageSource
 
     def generate(prompts, specs, idx):
         noise = randn_per_image(backbone.latent_shape, cfg.seed, idx)
-        g = torch.Generator().manual_seed(image_seed(cfg.seed, idx[0]))
-        x0 = gen(noise, backbone.encode_prompts(prompts), eta, generator=g).x0
+        x0 = gen(noise, backbone.encode_prompts(prompts), eta, generator=_step_noise_generators(cfg.seed, idx)).x0
         return backbone.decode(x0).clamp(-1, 1)
 
     return ImageSource(f"{meta.get('method', 'generator').upper()} ({gen.steps} steps)", gen.steps, generate)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..diffusion import broadcast_to, ddim_sigma
+from ..diffusion import broadcast_to, ddim_sigma, draw_noise
 
 
 @dataclass
@@ -57,11 +57,12 @@ class FewStepGenerator(torch.nn.Module):
         return self.backbone.predict_x0(x, t, cond)
 
     def forward(self, noise: torch.Tensor, cond, eta: torch.Tensor | float = 0.0,
-                generator: torch.Generator | None = None, stop_at: int | None = None,
+                generator: torch.Generator | list[torch.Generator] | None = None, stop_at: int | None = None,
                 grad_only_last: bool = False, return_trajectory: bool = False) -> GeneratorOutput:
         """Run the sampler.
 
         noise: (B, C, h, w). eta: a float, (B,) per trajectory, or (K-1, B) per step.
+        generator: one torch.Generator, or one per sample (batch-independent results).
         stop_at: return x0 of step `stop_at` (1-based; R0+ intermediate supervision).
         grad_only_last: run the steps before the returned one without gradient.
         """
@@ -89,7 +90,7 @@ class FewStepGenerator(torch.nn.Module):
             a, s = broadcast_to(sched.alpha(t), x), broadcast_to(sched.sigma(t), x)
             a_n, s_n = broadcast_to(sched.alpha(t_next), x), broadcast_to(sched.sigma(t_next), x)
             eps = (x - a * x0) / s
-            xi = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            xi = draw_noise(x, generator)
             e = broadcast_to(eta[k], x)
             if self.renoise == "mix":
                 x = a_n * x0 + s_n * ((1 - e * e).clamp_min(0).sqrt() * eps + e * xi)

