@@ -143,3 +143,14 @@ def test_preset_smoke(world_assets, tmp_path, preset):
     lines = (tmp_path / "stats.jsonl").read_text().splitlines()
     assert len(lines) == 2
     assert len(list((tmp_path / "checkpoints").glob("step_*"))) <= tr.cfg.keep_checkpoints
+
+
+def test_tracking_logs_heldout_metrics(world_assets, tmp_path):
+    tr = _trainer(world_assets, tmp_path, ["iterations=2", "track_every=2", "track_prompts=2", "log_every=5"])
+    tr.fit()
+    from rzero.utils.stats import read_jsonl
+
+    rows = read_jsonl(tmp_path / "stats.jsonl")
+    assert [r["step"] for r in rows] == [0, 2]
+    for r in rows:
+        assert 0.0 <= r["track/acc_L4"] <= 1.0 and r["track/world_fid"] >= 0

@@ -1,8 +1,9 @@
 """`rzero demo` (`make demo`): the main job on the built-in world.
 
-Until the R0 trainer lands, the demo shows the starting point R0 improves on: the shipped
-teacher sampled with 25 DDIM steps and CFG 7.5 at fixed prompts and seeds, next to real
-renders, and the world protocol's metrics for both.
+Trains R0 (configs/world_r0.yaml) from the shipped teacher, then evaluates real renders, the
+teacher (25 DDIM steps, CFG 7.5) and the 4-step R0 generator with the same protocol and
+writes a Markdown report: image grids at fixed prompts and seeds, the metrics table and
+training curves. Training resumes if the run folder already has checkpoints.
 """
 
 from __future__ import annotations
@@ -12,49 +13,85 @@ from pathlib import Path
 
 import torch
 
-from .config.schema import EvalConfig
+from .config import load_config
+from .config.schema import EvalConfig, TrainConfig
+from .eval.plots import plot_curves
 from .eval.report import eval_markdown, save_grid, write_json
-from .eval.world_eval import evaluate_world, real_source, render_real, teacher_source
+from .eval.world_eval import evaluate_world, generator_source, real_source, render_real, teacher_source
 from .world.prompts import describe
 from .world.scene import LEVELS, Specs, sample_specs
 
 GRID_SEED = 2024
+PRESET = Path(__file__).resolve().parents[2] / "configs" / "world_r0.yaml"
 
 
 def fixed_prompts(per_level: int = 2) -> tuple[list[str], Specs]:
+    """The demo's and the trainers' fixed grid prompts: `per_level` of each level."""
     g = torch.Generator().manual_seed(GRID_SEED)
     specs = Specs.cat([sample_specs(per_level, lv, g) for lv in LEVELS])
     return describe(specs, torch.zeros(len(specs), dtype=torch.long)), specs
 
 
-def run_demo(out: Path, quick: bool = False) -> Path:
+def _train_config(quick: bool, preset: Path | None) -> TrainConfig:
+    overrides = ["iterations=4", "batch_size=4", "track_every=2", "track_prompts=4"] if quick else []
+    if preset is not None and preset.is_file():
+        return load_config(TrainConfig, preset, overrides)
+    # Installed without the repository's configs/: the same defaults as the preset.
+    return load_config(TrainConfig, None, overrides)
+
+
+def run_demo(out: Path, quick: bool = False, preset: Path | None = PRESET) -> Path:
+    from .trainers import R0Trainer
+
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    cfg = EvalConfig(prompts_per_level=20, heldout_prompts=20, diversity_prompts=8) if quick else EvalConfig()
-    teacher = teacher_source(cfg)
+    # 1) Train R0 (resumes if interrupted).
+    train_cfg = _train_config(quick, preset)
+    run_dir = out / "r0"
+    R0Trainer(train_cfg, run_dir).fit()
+    train_seconds = time.time() - t0
+
+    # 2) Grids at fixed prompts and seeds: real renders, teacher, R0.
+    cfg = EvalConfig(prompts_per_level=8, heldout_prompts=8, diversity_prompts=4, steps=25) if quick else EvalConfig()
+    sources = [real_source(cfg.seed + 1), teacher_source(cfg), generator_source(run_dir, cfg)]
     prompts, specs = fixed_prompts()
     seeds = 4
     grid_prompts = [p for p in prompts for _ in range(seeds)]
     grid_specs = specs.index(torch.arange(len(prompts)).repeat_interleave(seeds))
     idx = list(range(len(grid_prompts)))
-    save_grid(teacher.generate(grid_prompts, grid_specs, idx), out / "teacher_grid.png", nrow=seeds, upscale=3)
-    save_grid(render_real(grid_specs, GRID_SEED, idx), out / "real_grid.png", nrow=seeds, upscale=3)
+    names = {sources[0].name: "real", sources[1].name: "teacher", sources[2].name: "r0"}
+    for src in sources:
+        images = render_real(grid_specs, GRID_SEED, idx) if src is sources[0] else src.generate(grid_prompts, grid_specs, idx)
+        save_grid(images, out / f"grid_{names[src.name]}.png", nrow=seeds, upscale=3)
 
+    # 3) The evaluation protocol on each.
     rows = {}
-    for source in (real_source(cfg.seed + 1), teacher):
-        metrics, _ = evaluate_world(source, cfg)
-        rows[source.name] = metrics
-        write_json(metrics, out / ("eval_real.json" if source.nfe == 0 else "eval_teacher.json"))
+    for src in sources:
+        metrics, _ = evaluate_world(src, cfg)
+        rows[src.name] = metrics
+        write_json(metrics, out / f"eval_{names[src.name]}.json")
 
+    # 4) Training curves.
+    plot_curves({"R0": run_dir}, ["reward/world-clip", "reward/world-judge", "reward/world-quality",
+                                  "reg/dist", "track/acc_L3", "track/acc_L4", "track/world_fid"],
+                out / "curves.png", title="R0 training on the built-in world")
+
+    t, r = rows[sources[1].name], rows[sources[2].name]
     prompt_list = "\n".join(f"{i + 1}. {p}" for i, p in enumerate(prompts))
     report = (
-        "# rzero demo: the built-in world\n\n"
-        f"Wall-clock: {time.time() - t0:.0f} s. Teacher: 25 DDIM steps, CFG 7.5. "
-        f"{'Quick prompt set. ' if quick else ''}The R0 few-step generator is not built yet; this report "
-        "shows the baseline it will be measured against.\n\n"
+        "# rzero demo: R0 on the built-in world\n\n"
+        f"Wall-clock {time.time() - t0:.0f} s in all, of which R0 training {train_seconds:.0f} s "
+        f"({train_cfg.iterations} iterations of batch {train_cfg.batch_size}). "
+        f"{'Quick mode (tiny run and prompt sets). ' if quick else ''}\n\n"
         "## Samples at fixed prompts (one row per prompt, 4 seeds)\n\n" + prompt_list + "\n\n"
-        "| teacher | real renders |\n|---|---|\n| ![teacher](teacher_grid.png) | ![real](real_grid.png) |\n\n"
+        "| real renders | teacher, 25 steps + CFG 7.5 | R0, 4 steps |\n|---|---|---|\n"
+        "| ![real](grid_real.png) | ![teacher](grid_teacher.png) | ![r0](grid_r0.png) |\n\n"
         + eval_markdown(rows, title="Metrics").replace("# Metrics", "## Metrics")
+        + "\n## R0 vs teacher\n\n"
+        + "\n".join(f"- {k}: teacher {t[k]:.3f}, R0 {r[k]:.3f} ({r[k] - t[k]:+.3f})"
+                    for k in ("acc_L1", "acc_L2", "acc_L3", "acc_L4", "acc_heldout", "world_fid", "diversity"))
+        + f"\n- ms/image: teacher {t['ms_per_image']:.1f} (NFE {t['nfe']}), R0 {r['ms_per_image']:.1f} "
+          f"(NFE {r['nfe']})\n\n## Training curves\n\n![curves](curves.png)\n"
     )
     path = out / "report.md"
     path.write_text(report)

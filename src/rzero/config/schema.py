@@ -201,6 +201,8 @@ class TrainConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     sample_every: int = 100
+    track_every: int = 0  # 0: off; else quick held-out evaluation (world) every N iterations
+    track_prompts: int = 32  # per level
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
@@ -213,6 +215,8 @@ class TrainConfig:
         for name in ("iterations", "batch_size", "grad_accum", "threads", "log_every", "checkpoint_every",
                      "keep_checkpoints", "sample_every"):
             _positive(name, getattr(self, name))
+        if self.track_every < 0:
+            raise ValueError(f"track_every must be >= 0, got {self.track_every}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got '{self.mixed_precision}'")
         if not 0 <= self.ema_decay < 1:

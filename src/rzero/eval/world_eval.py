@@ -183,3 +183,27 @@ def generator_source(checkpoint, cfg: EvalConfig, asset_dir=None) -> ImageSource
         return backbone.decode(x0).clamp(-1, 1)
 
     return ImageSource(f"{meta.get('method', 'generator').upper()} ({gen.steps} steps)", gen.steps, generate)
+
+
+@torch.no_grad()
+def quick_world_eval(generate: GenerateFn, per_level: int = 32, seed: int = 4321, asset_dir=None) -> dict[str, float]:
+    """A small, fixed version of the protocol for tracking during training.
+
+    Inspector all-correct accuracy per level on `per_level` prompts each, and world-FID of
+    those images against real renders (noisy at this size: a trend, not a result).
+    """
+    cfg = EvalConfig(prompts_per_level=per_level, heldout_prompts=2, seed=seed)
+    ps = eval_prompt_set(cfg)
+    keep = [i for i, sp in enumerate(ps.split) if sp != "heldout"]
+    specs = ps.specs.index(torch.tensor(keep))
+    prompts = [ps.prompts[i] for i in keep]
+    images = generate(prompts, specs, keep).clamp(-1, 1)
+    m = match(specs, read_scenes(load_world_network("inspector", asset_dir), images))
+    out = {}
+    for lv in LEVELS:
+        sel = torch.tensor([ps.split[i] == f"L{lv}" for i in keep])
+        out[f"acc_L{lv}"] = float(m["all_correct"][sel].float().mean())
+    featnet = load_world_network("featnet", asset_dir)
+    reference = render_real(specs, seed + 7919, keep)
+    out["world_fid"] = frechet_distance(featnet.features(images), featnet.features(reference))
+    return out

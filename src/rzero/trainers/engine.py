@@ -50,6 +50,10 @@ class Trainer:
     def snapshot_meta(self) -> dict:
         return {}
 
+    def track(self) -> dict[str, float]:
+        """Optional: held-out metrics of the current weights, logged with a `track/` prefix."""
+        return {}
+
     # ------------------------------------------------------------ plumbing
     def setup(self) -> None:
         from accelerate import Accelerator
@@ -92,6 +96,8 @@ class Trainer:
                    dynamic_ncols=True, disable=not acc.is_main_process)
         if self.iteration == 0 and acc.is_main_process:
             self.sample_grid(self.out / "samples" / "step_000000.png")
+            if cfg.track_every:
+                logger.log(0, {f"track/{k}": v for k, v in self.track().items()})
         while self.iteration < cfg.iterations:
             metrics: dict[str, float] = {}
             for micro in range(cfg.grad_accum):
@@ -109,11 +115,15 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                 for k, v in m.items():
                     metrics[k] = metrics.get(k, 0.0) + v / cfg.grad_accum
-                metrics["loss"] = metrics.get("loss", 0.0) + float(loss) / cfg.grad_accum
+                metrics["loss"] = metrics.get("loss", 0.0) + float(loss.detach()) / cfg.grad_accum
             self._update_ema()
             self.iteration += 1
             bar.update(1)
-            if self.iteration % cfg.log_every == 0 or self.iteration == cfg.iterations:
+            last = self.iteration == cfg.iterations
+            tracking = cfg.track_every > 0 and (self.iteration % cfg.track_every == 0 or last)
+            if tracking and acc.is_main_process:
+                metrics.update({f"track/{k}": v for k, v in self.track().items()})
+            if tracking or self.iteration % cfg.log_every == 0 or last:
                 logger.log(self.iteration, metrics)
                 bar.set_postfix({k.split("/")[-1][:10]: f"{v:.3g}" for k, v in list(metrics.items())[:4]})
             if acc.is_main_process and self.iteration % cfg.sample_every == 0:

@@ -30,6 +30,7 @@ from .prompts import prompt_source
 class R0Trainer(Trainer):
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, asset_dir=None, backbone=None, rewards=None):
         super().__init__(cfg, out_dir)
+        self.asset_dir = asset_dir
         torch.manual_seed(cfg.seed)
         torch.set_num_threads(cfg.threads)
         self.backbone = backbone if backbone is not None else make_backbone(cfg.backbone, asset_dir=asset_dir)
@@ -105,6 +106,24 @@ class R0Trainer(Trainer):
                             generator=torch.Generator().manual_seed(0)).x0
         self.model.train(was)
         save_grid(self.backbone.decode(x0).clamp(-1, 1), path, nrow=4, upscale=3)
+
+    @torch.no_grad()
+    def track(self) -> dict[str, float]:
+        if self.cfg.backbone != "world":
+            return {}
+        from ..eval.world_eval import quick_world_eval
+
+        def generate(prompts, specs, idx):
+            noise = randn_per_image(self.backbone.latent_shape, 4321, idx)
+            x0 = self.generator(noise, self.backbone.encode_prompts(prompts), self.cfg.generator.inference_eta,
+                                generator=torch.Generator().manual_seed(0)).x0
+            return self.backbone.decode(x0)
+
+        was = self.model.training
+        self.model.eval()
+        out = quick_world_eval(generate, self.cfg.track_prompts, asset_dir=self.asset_dir)
+        self.model.train(was)
+        return out
 
     def snapshot_meta(self) -> dict:
         gc = self.cfg.generator
