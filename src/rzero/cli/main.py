@@ -139,6 +139,10 @@ def cmd_world(args) -> int:
 
     if args.world_command == "build":
         config, overrides = _split_config(args)
+        # `--only a b key=value`: argparse hands the override to --only; move it back.
+        if args.only:
+            overrides += [o for o in args.only if "=" in o]
+            args.only = [o for o in args.only if "=" not in o]
         cfg = load_config(WorldBuildConfig, config, overrides)
         if args.dry_run:
             print(format_config(cfg), end="")

@@ -36,6 +36,7 @@ class TeacherStageConfig(StageConfig):
     batch_size: int = 64
     lr: float = 6e-4
     cond_drop: float = 0.1
+    offset_noise: float = 0.1  # per-channel constant added to eps; see docs/decisions.md
     ema_decay: float = 0.999
     checkpoint_every: int = 250
 
@@ -45,6 +46,8 @@ class TeacherStageConfig(StageConfig):
             raise ValueError(f"cond_drop must be in [0, 1), got {self.cond_drop}")
         if not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.offset_noise < 0:
+            raise ValueError(f"offset_noise must be >= 0, got {self.offset_noise}")
         _positive("checkpoint_every", self.checkpoint_every)
 
 

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config.schema import EvalConfig
-from ..rewards import REWARDS, make_reward
+from ..rewards import make_reward
 from ..utils.seeding import image_seed, randn_per_image
 from ..world.evaluators import read_scenes
 from ..world.loaders import load_world_network
@@ -119,13 +119,16 @@ def _generate_all(source: ImageSource, prompts: list[str], specs: Specs, indices
 def evaluate_world(source: ImageSource, cfg: EvalConfig, asset_dir=None) -> tuple[dict, dict]:
     """Run the protocol; returns (flat metrics for JSON, extra details for the report)."""
     torch.set_num_threads(cfg.threads)
+    # Load every evaluator first: a missing asset must fail before minutes of sampling.
+    inspector = load_world_network("inspector", asset_dir)
+    featnet = load_world_network("featnet", asset_dir)
+    rewards = {name: make_reward(name, asset_dir=asset_dir) for name in WORLD_REWARDS}
     ps = eval_prompt_set(cfg)
     n = len(ps.prompts)
     indices = list(range(n))
     images, seconds = _generate_all(source, ps.prompts, ps.specs, indices, cfg.batch_size, f"eval: {source.name}")
 
     # Inspector accuracy per split and per attribute.
-    inspector = load_world_network("inspector", asset_dir)
     m = match(ps.specs, read_scenes(inspector, images))
     out: dict[str, float] = {}
     split = ps.split
@@ -137,7 +140,6 @@ def evaluate_world(source: ImageSource, cfg: EvalConfig, asset_dir=None) -> tupl
         out[f"attr_acc_{a}"] = float(m[f"{a}_ok"].sum() / asked) if asked > 0 else float("nan")
 
     # World-FID against real renders of the same prompts (a different render seed).
-    featnet = load_world_network("featnet", asset_dir)
     reference = render_real(ps.specs, cfg.seed + 7919, indices)
     feats = torch.cat([featnet.features(images[i:i + 512]) for i in range(0, n, 512)])
     ref_feats = torch.cat([featnet.features(reference[i:i + 512]) for i in range(0, n, 512)])
@@ -157,8 +159,7 @@ def evaluate_world(source: ImageSource, cfg: EvalConfig, asset_dir=None) -> tupl
         out["diversity"] = float("nan")
 
     # Mean of every world reward on the evaluated images.
-    for name in WORLD_REWARDS:
-        r = make_reward(name, asset_dir=asset_dir) if name in REWARDS else None
+    for name, r in rewards.items():
         vals = torch.cat([r(images[i:i + 512], ps.prompts[i:i + 512]) for i in range(0, n, 512)])
         out[f"reward_{name.replace('-', '_')}"] = float(vals.mean())
 
