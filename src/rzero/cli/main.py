@@ -282,7 +282,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may come after options (`rzero train x.yaml --out d lr=1`): argparse leaves
+    # them unparsed, so collect `key=value` leftovers for commands that take overrides.
+    args, extra = parser.parse_known_args(argv)
+    overrides = [e for e in extra if "=" in e and not e.startswith("-")]
+    if len(overrides) != len(extra) or (overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if overrides:
+        args.overrides = list(args.overrides) + overrides
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

@@ -60,13 +60,13 @@ class WorldBuildConfig:
     out_dir: str = ""  # empty: the package's own assets folder
     work_dir: str = "world_build"  # prompt-pool cache and resumable teacher state
     pool_size: int = 12000
-    inspector: StageConfig = field(default_factory=lambda: StageConfig(steps=2500, batch_size=128, lr=2e-3))
+    inspector: StageConfig = field(default_factory=lambda: StageConfig(steps=2000, batch_size=128, lr=2e-3))
     featnet: StageConfig = field(default_factory=lambda: StageConfig(steps=800, batch_size=128, lr=2e-3))
     clip: StageConfig = field(default_factory=lambda: StageConfig(steps=1200, batch_size=256, lr=1e-3))
-    judge: StageConfig = field(default_factory=lambda: StageConfig(steps=2000, batch_size=128, lr=1e-3))
+    judge: StageConfig = field(default_factory=lambda: StageConfig(steps=4000, batch_size=128, lr=1e-3))
     quality: StageConfig = field(default_factory=lambda: StageConfig(steps=600, batch_size=128, lr=2e-3))
     sharpness: StageConfig = field(default_factory=lambda: StageConfig(steps=600, batch_size=128, lr=2e-3))
-    teacher: TeacherStageConfig = field(default_factory=TeacherStageConfig)
+    teacher: TeacherStageConfig = field(default_factory=lambda: TeacherStageConfig(steps=3500))
 
     def __post_init__(self):
         _positive("pool_size", self.pool_size)

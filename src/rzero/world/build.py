@@ -239,17 +239,19 @@ def train_sharpness(cfg: WorldBuildConfig, pool: PromptPool) -> tuple[nn.Module,
 
 @torch.no_grad()
 def _ranking_metrics(pool: PromptPool, seed: int, score) -> dict:
-    """How often a matching (image, prompt) pair outscores the same image with another prompt."""
+    """How often a matching (image, prompt) pair outscores the same image with a prompt it does
+    not satisfy (a random pool prompt, or the one-change perturbation of its own)."""
     g = torch.Generator().manual_seed(seed)
-    idx, _, _, images = _pool_batch(pool, 512, g)
+    idx, _, scenes, images = _pool_batch(pool, 512, g)
     other = torch.randint(0, pool.size, (512,), generator=g)
-    differs = torch.tensor([pool.prompts[a] != pool.prompts[b] for a, b in zip(idx.tolist(), other.tolist())])
     pert = idx + pool.size
     s_pos = score(images, *pool.text(idx))
-    s_neg = score(images, *pool.text(other))
-    s_pert = score(images, *pool.text(pert))
-    return {"rank_match_over_random": float((s_pos > s_neg)[differs].float().mean()),
-            "rank_match_over_one_change": float((s_pos > s_pert).float().mean())}
+    out = {}
+    for name, neg in (("random", other), ("one_change", pert)):
+        wrong = ~match(pool.specs.index(neg), scenes)["all_correct"]
+        s_neg = score(images, *pool.text(neg))
+        out[f"rank_match_over_{name}"] = float((s_pos > s_neg)[wrong].float().mean())
+    return out
 
 
 # ---------------------------------------------------------------- teacher

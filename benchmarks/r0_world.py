@@ -1,0 +1,112 @@
+"""R0 claims on the built-in world: R0 vs teacher, R0+ convergence, reward hacking without regularization.
+
+    python benchmarks/r0_world.py --out runs/bench_r0 [--iterations 300] [--presets world_r0 world_r0plus world_r0_noreg]
+
+For each preset: train with held-out tracking every `--track-every` iterations (resumable),
+then run the full `rzero eval` protocol on the final snapshot. The teacher (25 DDIM steps,
+CFG 7.5) is evaluated once. Writes `results.json` (every number) and `results.md`
+(regenerated from the JSON) into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rzero.config import load_config
+from rzero.config.schema import EvalConfig, TrainConfig
+from rzero.eval.plots import plot_curves
+from rzero.eval.report import eval_markdown
+from rzero.eval.world_eval import evaluate_world, generator_source, teacher_source
+from rzero.trainers import R0Trainer
+from rzero.utils.stats import read_jsonl
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def first_reaching(rows: list[dict], key: str, target: float) -> int | None:
+    for r in rows:
+        if r.get(key) is not None and r[key] >= target:
+            return int(r["step"])
+    return None
+
+
+def report(results: dict) -> str:
+    lines = [eval_markdown(results["eval"], title="R0 on the built-in world"), "## Claims\n"]
+    ev = results["eval"]
+    t = ev.get("teacher")
+    r0 = ev.get("world_r0")
+    if t and r0:
+        for k in ("acc_L3", "acc_L4"):
+            lines.append(f"- {k}: R0 {r0[k]:.3f} vs teacher {t[k]:.3f} ({100 * (r0[k] - t[k]):+.1f} points; target +10)")
+        lines.append(f"- world-FID ratio R0/teacher: {r0['world_fid'] / t['world_fid']:.2f} (target <= 1.5)")
+        lines.append(f"- diversity ratio R0/teacher: {r0['diversity'] / t['diversity']:.2f} (target >= 0.70)")
+        lines.append(f"- ms/image: R0 {r0['ms_per_image']:.1f} (NFE {r0['nfe']}) vs teacher "
+                     f"{t['ms_per_image']:.1f} (NFE {t['nfe']})")
+    conv = results.get("convergence")
+    if conv:
+        lines.append(f"- R0+ reaches R0's final tracked L4 accuracy ({conv['r0_final_acc_L4']:.3f}) at iteration "
+                     f"{conv['r0plus_first_iteration']} of R0's {conv['r0_iterations']} "
+                     f"(ratio {conv['ratio'] if conv['ratio'] is not None else 'never'}; target <= 0.70)")
+    hack = results.get("hacking")
+    if hack:
+        lines.append(f"- no regularization: training rewards {hack['reward_change']}, tracked L4 accuracy "
+                     f"{hack['acc_L4_first']:.3f} -> {hack['acc_L4_last']:.3f}, world-FID "
+                     f"{hack['fid_first']:.2f} -> {hack['fid_last']:.2f}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/bench_r0")
+    ap.add_argument("--presets", nargs="+", default=["world_r0", "world_r0plus", "world_r0_noreg"])
+    ap.add_argument("--iterations", type=int, default=None, help="override every preset's iterations")
+    ap.add_argument("--track-every", type=int, default=25)
+    ap.add_argument("--report-only", action="store_true", help="rebuild results.md from results.json")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res_path = out / "results.json"
+    results = json.loads(res_path.read_text()) if res_path.exists() else {"eval": {}}
+    if not args.report_only:
+        cfg = EvalConfig()
+        if "teacher" not in results["eval"]:
+            results["eval"]["teacher"], _ = evaluate_world(teacher_source(cfg), cfg)
+            res_path.write_text(json.dumps(results, indent=2))
+        for preset in args.presets:
+            overrides = [f"track_every={args.track_every}"]
+            if args.iterations:
+                overrides.append(f"iterations={args.iterations}")
+            tcfg = load_config(TrainConfig, CONFIGS / f"{preset}.yaml", overrides)
+            R0Trainer(tcfg, out / preset).fit()
+            if preset not in results["eval"]:
+                results["eval"][preset], _ = evaluate_world(generator_source(out / preset, cfg), cfg)
+                res_path.write_text(json.dumps(results, indent=2))
+        runs = {p: out / p for p in args.presets}
+        tracks = {p: read_jsonl(out / p / "stats.jsonl") for p in args.presets}
+        if "world_r0" in tracks and "world_r0plus" in tracks:
+            r0_rows = [r for r in tracks["world_r0"] if "track/acc_L4" in r]
+            target = r0_rows[-1]["track/acc_L4"]
+            it = first_reaching(tracks["world_r0plus"], "track/acc_L4", target)
+            results["convergence"] = {"r0_final_acc_L4": target, "r0_iterations": r0_rows[-1]["step"],
+                                      "r0plus_first_iteration": it,
+                                      "ratio": None if it is None else round(it / r0_rows[-1]["step"], 3)}
+        if "world_r0_noreg" in tracks:
+            rows = [r for r in tracks["world_r0_noreg"] if "track/acc_L4" in r]
+            rew = [r for r in tracks["world_r0_noreg"] if "reward/world-judge" in r]
+            results["hacking"] = {
+                "acc_L4_first": rows[0]["track/acc_L4"], "acc_L4_last": rows[-1]["track/acc_L4"],
+                "fid_first": rows[0]["track/world_fid"], "fid_last": rows[-1]["track/world_fid"],
+                "reward_change": ", ".join(f"{k.split('/')[1]} {rew[0][k]:.3f} -> {rew[-1][k]:.3f}"
+                                           for k in rew[0] if k.startswith("reward/")),
+            }
+        plot_curves(runs, ["track/acc_L3", "track/acc_L4", "track/world_fid", "reward/world-judge",
+                           "reward/world-clip", "reward/world-quality"], out / "curves.png")
+        res_path.write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(report(results))
+    print((out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
