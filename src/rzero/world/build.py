@@ -69,9 +69,14 @@ def _tail_mean(values: list[float], n: int = 50) -> float:
     return sum(tail) / len(tail)
 
 
+def _init(cls: Callable[[], nn.Module], seed: int, stage: str) -> nn.Module:
+    """Construct a stage's network from its own seed, whatever ran before in this process."""
+    torch.manual_seed(int(step_generator(seed, stage, -1).initial_seed()))
+    return cls()
+
+
 def _train_loop(model: nn.Module, cfg, stage: str, seed: int, loss_fn: Callable[[torch.Generator], tuple]) -> list[float]:
     """Adam with cosine decay for `cfg.steps`; `loss_fn(g)` draws a batch and returns (loss, log)."""
-    torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
     model.train()
@@ -95,7 +100,7 @@ def _train_loop(model: nn.Module, cfg, stage: str, seed: int, loss_fn: Callable[
 
 
 def train_inspector(cfg: WorldBuildConfig, pool: PromptPool) -> tuple[nn.Module, dict]:
-    model = WorldInspector()
+    model = _init(WorldInspector, cfg.seed, "inspector")
     c = cfg.inspector
 
     def loss_fn(g):
@@ -121,7 +126,7 @@ def evaluate_inspector_on_renders(model: nn.Module, seed: int, n: int) -> dict:
 
 
 def train_featnet(cfg: WorldBuildConfig, pool: PromptPool) -> tuple[nn.Module, dict]:
-    model = WorldFeatureNet()
+    model = _init(WorldFeatureNet, cfg.seed, "featnet")
     c = cfg.featnet
 
     def loss_fn(g):
@@ -147,7 +152,7 @@ def _pool_batch(pool: PromptPool, n: int, g: torch.Generator):
 
 
 def train_clip(cfg: WorldBuildConfig, pool: PromptPool) -> tuple[nn.Module, dict]:
-    model = WorldClip()
+    model = _init(WorldClip, cfg.seed, "clip")
     c = cfg.clip
 
     def loss_fn(g):
@@ -171,7 +176,7 @@ def train_clip(cfg: WorldBuildConfig, pool: PromptPool) -> tuple[nn.Module, dict
 
 
 def train_judge(cfg: WorldBuildConfig, pool: PromptPool) -> tuple[nn.Module, dict]:
-    model = WorldJudge()
+    model = _init(WorldJudge, cfg.seed, "judge")
     c = cfg.judge
 
     def loss_fn(g):
@@ -191,7 +196,7 @@ def train_judge(cfg: WorldBuildConfig, pool: PromptPool) -> tuple[nn.Module, dic
 
 
 def train_quality(cfg: WorldBuildConfig, pool: PromptPool) -> tuple[nn.Module, dict]:
-    model = WorldQuality()
+    model = _init(WorldQuality, cfg.seed, "quality")
     c = cfg.quality
 
     def loss_fn(g):
@@ -216,7 +221,7 @@ def _soften(images: torch.Tensor) -> torch.Tensor:
 def train_sharpness(cfg: WorldBuildConfig, pool: PromptPool) -> tuple[nn.Module, dict]:
     from ..diffusion import VPSchedule, add_noise
 
-    model, c, schedule = WorldSharpness(), cfg.sharpness, VPSchedule()
+    model, c, schedule = _init(WorldSharpness, cfg.seed, "sharpness"), cfg.sharpness, VPSchedule()
     t_max = 600  # above this the two classes are indistinguishable under the noise
 
     def batch(g, n):

@@ -1,0 +1,52 @@
+"""`rzero world build` on a tiny configuration: determinism, skip-when-up-to-date, manifest, verify."""
+
+from __future__ import annotations
+
+import json
+
+from rzero.cli.main import main
+from rzero.config import load_config
+from rzero.config.schema import WorldBuildConfig
+from rzero.utils.io import sha256_file
+from rzero.world.build import build_world
+
+
+def _cfg(tmp_path, out):
+    return load_config(WorldBuildConfig, None, [f"out_dir={out}", f"work_dir={tmp_path / 'work'}", "pool_size=40",
+                                                "quality.steps=4", "quality.batch_size=16",
+                                                "teacher.steps=4", "teacher.batch_size=4", "teacher.checkpoint_every=2"])
+
+
+def test_build_is_deterministic_and_skips_up_to_date_stages(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    build_world(_cfg(tmp_path, a), only=["quality", "teacher"])
+    build_world(_cfg(tmp_path, b), only=["quality", "teacher"])
+    for name in ("world_quality.safetensors", "teacher_unet.safetensors"):
+        assert sha256_file(a / name) == sha256_file(b / name), name
+    manifest = json.loads((a / "manifest.json").read_text())
+    entry = manifest["assets"]["teacher"]
+    assert entry["sha256"] == sha256_file(a / "teacher_unet.safetensors")
+    assert entry["bytes"] == (a / "teacher_unet.safetensors").stat().st_size
+    assert {"build_command", "git_commit", "config"} <= set(manifest)
+    assert "final_loss" in entry["metrics"]
+    capsys.readouterr()
+    build_world(_cfg(tmp_path, a), only=["quality"])
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_changed_stage_config_rebuilds(tmp_path, capsys):
+    out = tmp_path / "a"
+    build_world(_cfg(tmp_path, out), only=["quality"])
+    first = sha256_file(out / "world_quality.safetensors")
+    cfg = _cfg(tmp_path, out)
+    cfg.quality.steps = 5
+    capsys.readouterr()
+    build_world(cfg, only=["quality"])
+    assert "up to date" not in capsys.readouterr().out
+    assert sha256_file(out / "world_quality.safetensors") != first
+
+
+def test_unknown_stage_is_a_one_line_error(tmp_path, capsys):
+    code = main(["world", "build", f"out_dir={tmp_path}", "--only", "nope"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "unknown build stage 'nope'" in err[0]
