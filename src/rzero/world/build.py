@@ -395,7 +395,8 @@ def build_world(cfg: WorldBuildConfig, only: list[str] | None = None, force: boo
         manifest["assets"][stage] = {
             "file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path),
             "params": sum(p.numel() for p in model.parameters()), "config_hash": h,
-            "train_seconds": round(time.time() - t0, 1), "metrics": metrics,
+            "train_seconds": round(time.time() - t0, 1), "git_commit": _git_commit(), "command": command,
+            "metrics": metrics,
         }
         manifest.update({"build_command": command, "git_commit": _git_commit(), "config": to_dict(cfg),
                          "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
