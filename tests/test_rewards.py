@@ -167,3 +167,14 @@ def test_contract_catches_a_broken_reward():
 
     with pytest.raises(AssertionError, match="require grad"):
         check_reward_contract(Trainable())
+
+
+def test_rewards_clamp_to_their_input_range(world_assets):
+    """Over-range pixels score like their clamped values and get no gradient (no reward for them)."""
+    from rzero.rewards import make_reward
+
+    r = make_reward("world-quality", asset_dir=world_assets)
+    x = (torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2).requires_grad_(True)
+    torch.testing.assert_close(r(x), r(x.detach().clamp(-1, 1)))
+    r(x).sum().backward()
+    assert (x.grad[x.detach().abs() > 1] == 0).all()
