@@ -1,8 +1,9 @@
 """`rzero world build`: train every network of the built-in world from code.
 
 Stages, in order: prompt pool (encoded once, cached in the work dir), inspector, FID feature
-net, the three rewards, the teacher. Each stage is deterministic (data drawn from
-generators derived from (seed, stage, step)), writes its asset atomically, and records its
+net, the three rewards, the sharpness classifier, the teacher. Each stage is seeded (init
+and data from generators derived from (seed, stage, step); repeated runs agree up to float
+rounding, not bitwise, on CPU), writes its asset atomically, and records its
 metrics in the manifest. A stage whose asset and manifest entry match the current config
 is skipped, so an interrupted build resumes; the long teacher stage also keeps a resumable
 training state in the work dir.
@@ -89,7 +90,7 @@ def _train_loop(model: nn.Module, cfg, stage: str, seed: int, loss_fn: Callable[
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", **log)
     model.eval()
