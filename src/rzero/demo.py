@@ -36,7 +36,7 @@ def _train_config(quick: bool, preset: Path | None) -> TrainConfig:
     overrides = ["iterations=4", "batch_size=4", "track_every=2", "track_prompts=4"] if quick else []
     if preset is not None and preset.is_file():
         return load_config(TrainConfig, preset, overrides)
-    # Installed without the repository's configs/: the same defaults as the preset.
+    # Installed without the repository's configs/: TrainConfig's defaults mirror world_r0.yaml.
     return load_config(TrainConfig, None, overrides)
 
 

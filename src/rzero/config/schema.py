@@ -151,7 +151,7 @@ class RewardConfig:
 class RegularizationConfig:
     """Weight regularization toward the initial weights (SPEC 1.3)."""
 
-    weight: float = 1.0  # lambda_w; 0 disables it
+    weight: float = 0.05  # lambda_w; 0 disables it
 
     def __post_init__(self):
         if self.weight < 0:
@@ -199,13 +199,13 @@ class TrainConfig:
     batch_size: int = 32
     grad_accum: int = 1
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (accelerate)
-    ema_decay: float = 0.99  # 0 disables the EMA
+    ema_decay: float = 0.95  # 0 disables the EMA
     log_every: int = 10
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     sample_every: int = 100
-    track_every: int = 0  # 0: off; else quick held-out evaluation (world) every N iterations
-    track_prompts: int = 32  # per level
+    track_every: int = 50  # 0: off; else quick held-out evaluation (world) every N iterations
+    track_prompts: int = 24  # per level
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
