@@ -239,8 +239,7 @@ def cmd_sample(args) -> int:
         backbone = gen.backbone
         noise = randn_per_image(backbone.latent_shape, args.seed, range(len(prompts)))
         eta = meta.get("inference_eta", 0.0) if args.eta is None else args.eta
-        with torch.no_grad():
-            images = backbone.decode(gen(noise, backbone.encode_prompts(prompts), eta, generator=g).x0).clamp(-1, 1)
+        images = gen.sample(prompts, noise, eta, generator=g)
     else:
         from ..backbones import WorldBackbone
 

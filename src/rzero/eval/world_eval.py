@@ -175,13 +175,11 @@ def generator_source(checkpoint, cfg: EvalConfig, asset_dir=None) -> ImageSource
     from ..generator import load_generator
 
     gen, meta = load_generator(checkpoint, asset_dir)
-    backbone = gen.backbone
     eta = float(meta.get("inference_eta", 0.0))
 
     def generate(prompts, specs, idx):
-        noise = randn_per_image(backbone.latent_shape, cfg.seed, idx)
-        x0 = gen(noise, backbone.encode_prompts(prompts), eta, generator=_step_noise_generators(cfg.seed, idx)).x0
-        return backbone.decode(x0).clamp(-1, 1)
+        noise = randn_per_image(gen.backbone.latent_shape, cfg.seed, idx)
+        return gen.sample(prompts, noise, eta, generator=_step_noise_generators(cfg.seed, idx))
 
     return ImageSource(f"{meta.get('method', 'generator').upper()} ({gen.steps} steps)", gen.steps, generate)
 

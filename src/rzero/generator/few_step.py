@@ -99,6 +99,13 @@ class FewStepGenerator(torch.nn.Module):
                 x = a_n * x0 + (s_n * s_n - sigma * sigma).clamp_min(0).sqrt() * eps + sigma * xi
         return GeneratorOutput(x0, traj if return_trajectory else None)
 
+    @torch.no_grad()
+    def sample(self, prompts: list[str], noise: torch.Tensor, eta: float = 0.0,
+               generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
+        """Inference: prompts + noise -> decoded images (B, 3, H, W) clamped to [-1, 1]."""
+        x0 = self(noise, self.backbone.encode_prompts(prompts), eta, generator=generator).x0
+        return self.backbone.decode(x0).clamp(-1, 1)
+
     def sample_eta(self, b: int, eta_min: float, eta_max: float, per_step: bool,
                    generator: torch.Generator | None = None) -> torch.Tensor:
         """Training eta ~ U[eta_min, eta_max]: (B,) per trajectory or (K-1, B) per step."""

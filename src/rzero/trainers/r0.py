@@ -102,10 +102,10 @@ class R0Trainer(Trainer):
         noise = randn_per_image(self.backbone.latent_shape, 0, range(len(prompts)))
         was = self.model.training
         self.model.eval()
-        x0 = self.generator(noise, self.backbone.encode_prompts(prompts), self.cfg.generator.inference_eta,
-                            generator=torch.Generator().manual_seed(0)).x0
+        images = self.generator.sample(prompts, noise, self.cfg.generator.inference_eta,
+                                       generator=torch.Generator().manual_seed(0))
         self.model.train(was)
-        save_grid(self.backbone.decode(x0).clamp(-1, 1), path, nrow=4, upscale=3)
+        save_grid(images, path, nrow=4, upscale=3)
 
     @torch.no_grad()
     def track(self) -> dict[str, float]:
@@ -115,9 +115,8 @@ class R0Trainer(Trainer):
 
         def generate(prompts, specs, idx):
             noise = randn_per_image(self.backbone.latent_shape, 4321, idx)
-            x0 = self.generator(noise, self.backbone.encode_prompts(prompts), self.cfg.generator.inference_eta,
-                                generator=torch.Generator().manual_seed(0)).x0
-            return self.backbone.decode(x0)
+            return self.generator.sample(prompts, noise, self.cfg.generator.inference_eta,
+                                         generator=torch.Generator().manual_seed(0))
 
         was = self.model.training
         self.model.eval()
