@@ -31,9 +31,9 @@ from ..utils.io import atomic_save_safetensors, atomic_write_bytes, load_safeten
 from .assets import ASSET_FILES, MANIFEST, default_asset_dir, read_manifest
 from .data import PromptPool, render_batch, step_generator
 from .degrade import degrade
-from .evaluators import inspector_loss, read_scenes, split_attribute_logits
+from .evaluators import inspector_loss, read_scenes
 from .models import (WorldClip, WorldFeatureNet, WorldInspector, WorldJudge, WorldQuality, WorldSharpness,
-                     teacher_unet_config)
+                     split_attribute_logits, teacher_unet_config)
 from .render import render
 from .scene import LEVELS, Specs, complete_specs, match, sample_specs, spec_of_scenes
 from .text import WorldTextEncoder

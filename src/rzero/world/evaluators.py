@@ -5,16 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .models import SLOT_HEADS, SLOT_OUT
-from .scene import N_SLOTS, Scenes
-
-
-def split_attribute_logits(flat: torch.Tensor) -> dict[str, torch.Tensor]:
-    """(B, 3 * SLOT_OUT + n_backgrounds) -> the inspector's logit dict (see WorldInspector)."""
-    s = flat[:, : N_SLOTS * SLOT_OUT].reshape(-1, N_SLOTS, SLOT_OUT)
-    presence, shape, colour, size = torch.split(s, SLOT_HEADS, dim=-1)
-    return {"presence": presence.squeeze(-1), "shape": shape, "colour": colour, "size": size,
-            "background": flat[:, N_SLOTS * SLOT_OUT:]}
+from .scene import Scenes
 
 
 def inspector_loss(logits: dict[str, torch.Tensor], scenes: Scenes) -> torch.Tensor:

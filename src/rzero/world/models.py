@@ -139,10 +139,15 @@ class WorldInspector(nn.Module):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         h = self.features(images)
-        s = self.slots(h).view(-1, N_SLOTS, SLOT_OUT)
-        presence, shape, colour, size = torch.split(s, SLOT_HEADS, dim=-1)
-        return {"presence": presence.squeeze(-1), "shape": shape, "colour": colour, "size": size,
-                "background": self.background(h)}
+        return split_attribute_logits(torch.cat([self.slots(h), self.background(h)], 1))
+
+
+def split_attribute_logits(flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(B, 3 * SLOT_OUT + n_backgrounds) -> the inspector's logit dict (see WorldInspector)."""
+    s = flat[:, : N_SLOTS * SLOT_OUT].reshape(-1, N_SLOTS, SLOT_OUT)
+    presence, shape, colour, size = torch.split(s, SLOT_HEADS, dim=-1)
+    return {"presence": presence.squeeze(-1), "shape": shape, "colour": colour, "size": size,
+            "background": flat[:, N_SLOTS * SLOT_OUT:]}
 
 
 class WorldFeatureNet(nn.Module):
