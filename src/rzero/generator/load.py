@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 
-from ..utils.io import AssetError, load_safetensors
+from ..utils.io import AssetError, copy_weights_, load_safetensors
 from .few_step import FewStepGenerator
 
 
@@ -33,17 +32,8 @@ def load_generator(path: str | Path, asset_dir=None) -> tuple[FewStepGenerator, 
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AssetError(f"'{snap / 'generator.json'}' is not valid JSON ({e})") from e
     backbone = make_backbone(meta.get("backbone", "world"), asset_dir=asset_dir)
-    weights = load_safetensors(snap / "generator.safetensors")
-    params = dict(backbone.unet.named_parameters())
-    unknown = sorted(set(weights) - set(params))
-    if unknown:
-        raise AssetError(f"'{snap}' has weights the {meta.get('backbone')} backbone does not know (e.g. {unknown[0]})")
-    with torch.no_grad():
-        for name, value in weights.items():
-            if value.shape != params[name].shape:
-                raise AssetError(f"'{snap}': weight {name} has shape {tuple(value.shape)}, the backbone expects "
-                                 f"{tuple(params[name].shape)}")
-            params[name].copy_(value)
+    path = snap / "generator.safetensors"
+    copy_weights_(dict(backbone.unet.named_parameters()), load_safetensors(path), path)
     backbone.eval().requires_grad_(False)
     gen = FewStepGenerator(backbone, int(meta["steps"]), meta.get("timesteps"), meta.get("renoise", "mix"))
     return gen.eval(), meta

@@ -14,7 +14,6 @@ Run directory layout:
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -25,7 +24,8 @@ from tqdm.auto import tqdm
 
 from ..config import save_config
 from ..config.schema import TrainConfig
-from ..utils.io import AssetError, atomic_save_safetensors, atomic_write_bytes, load_safetensors, torch_load_safe
+from ..utils.io import (AssetError, atomic_save_safetensors, atomic_write_bytes, copy_weights_, load_safetensors,
+                        torch_load_safe, torch_save_bytes)
 from ..utils.seeding import derived_generator
 from ..utils.stats import StatsLogger
 
@@ -150,9 +150,7 @@ class Trainer:
                                     tmp / "model.safetensors")
             if self.ema is not None:
                 atomic_save_safetensors(self.ema, tmp / "ema.safetensors")
-            buf = io.BytesIO()
-            torch.save(self.optimizer.state_dict(), buf)
-            atomic_write_bytes(tmp / "optimizer.pt", buf.getvalue())
+            atomic_write_bytes(tmp / "optimizer.pt", torch_save_bytes(self.optimizer.state_dict()))
             atomic_write_bytes(tmp / "state.json", json.dumps({"iteration": self.iteration}).encode())
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -168,18 +166,8 @@ class Trainer:
         last = ckpts[-1]
         try:
             state = json.loads((last / "state.json").read_text())
-            weights = load_safetensors(last / "model.safetensors")
-            model = self._unwrapped()
-            missing = set(n for n, p in model.named_parameters() if p.requires_grad) - set(weights)
-            if missing:
-                raise AssetError(f"checkpoint '{last}' lacks {len(missing)} trainable tensors (e.g. {sorted(missing)[0]})")
-            with torch.no_grad():
-                for n, p in model.named_parameters():
-                    if n in weights:
-                        if weights[n].shape != p.shape:
-                            raise AssetError(f"checkpoint '{last}': tensor {n} has shape {tuple(weights[n].shape)}, "
-                                             f"the model expects {tuple(p.shape)}")
-                        p.copy_(weights[n])
+            trainable = {n: p for n, p in self._unwrapped().named_parameters() if p.requires_grad}
+            copy_weights_(trainable, load_safetensors(last / "model.safetensors"), last / "model.safetensors")
             if self.ema is not None and (last / "ema.safetensors").is_file():
                 self.ema = load_safetensors(last / "ema.safetensors")
             self.optimizer.load_state_dict(torch_load_safe(last / "optimizer.pt"))

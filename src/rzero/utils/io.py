@@ -150,3 +150,37 @@ def _unpickle_reason(exc: BaseException) -> str:
     paragraph = text.split(marker, 1)[1].strip().split("\n\n", 1)[0]
     reason = " ".join(paragraph.split()).split(". ", 1)[0].rstrip(".")
     return reason if len(reason) <= 160 else reason[:157] + "..."
+
+
+def torch_save_bytes(obj: Any) -> bytes:
+    """``torch.save`` into memory, so the bytes can be written with :func:`atomic_write_bytes`."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def copy_weights_(targets: dict[str, Any], weights: dict[str, Any], source: str | Path) -> None:
+    """Copy every tensor of ``weights`` into the same-named tensor of ``targets`` (in place).
+
+    Names and shapes must match exactly both ways; any mismatch is a one-line AssetError
+    naming ``source``, raised before anything is copied.
+    """
+    import torch
+
+    unknown = sorted(set(weights) - set(targets))
+    if unknown:
+        raise AssetError(f"'{source}' has weights the model does not know (e.g. {unknown[0]})")
+    missing = sorted(set(targets) - set(weights))
+    if missing:
+        raise AssetError(f"'{source}' lacks {len(missing)} tensors the model needs (e.g. {missing[0]})")
+    for name, value in weights.items():
+        if value.shape != targets[name].shape:
+            raise AssetError(f"'{source}': tensor {name} has shape {tuple(value.shape)}, "
+                             f"the model expects {tuple(targets[name].shape)}")
+    with torch.no_grad():
+        for name, value in weights.items():
+            targets[name].copy_(value)

@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 from ..config.schema import WorldBuildConfig
 from ..config import to_dict
-from ..utils.io import atomic_save_safetensors, atomic_write_bytes, load_safetensors, sha256_file, torch_load_safe
+from ..utils.io import (atomic_save_safetensors, atomic_write_bytes, load_safetensors, sha256_file, torch_load_safe,
+                        torch_save_bytes)
 from .assets import ASSET_FILES, MANIFEST, default_asset_dir, read_manifest
 from .data import PromptPool, render_batch, step_generator
 from .degrade import degrade
@@ -35,7 +36,7 @@ from .evaluators import inspector_loss, read_scenes
 from .models import (WorldClip, WorldFeatureNet, WorldInspector, WorldJudge, WorldQuality, WorldSharpness,
                      split_attribute_logits, teacher_unet_config)
 from .render import render
-from .scene import LEVELS, Specs, complete_specs, match, sample_specs, spec_of_scenes
+from .scene import LEVELS, Specs, complete_specs, match, sample_specs
 from .text import WorldTextEncoder
 
 STAGES = ("inspector", "featnet", "clip", "judge", "quality", "sharpness", "teacher")
@@ -326,20 +327,12 @@ def train_teacher(cfg: WorldBuildConfig, pool: PromptPool, work_dir: Path) -> tu
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.4f}")
         if (step + 1) % c.checkpoint_every == 0 and step + 1 < c.steps:
-            buf = _torch_bytes({"hash": _stage_hash(cfg, "teacher"), "model": model.state_dict(),
+            buf = torch_save_bytes({"hash": _stage_hash(cfg, "teacher"), "model": model.state_dict(),
                                 "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step + 1,
                                 "losses": torch.tensor(losses)})
             atomic_write_bytes(state_path, buf)
     curve = [sum(losses[i:i + 100]) / len(losses[i:i + 100]) for i in range(0, len(losses), 100)]
     return ema.eval(), {"final_loss": _tail_mean(losses, 200), "loss_curve_per_100_steps": curve}
-
-
-def _torch_bytes(obj) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
 
 
 # ---------------------------------------------------------------- driver
