@@ -18,18 +18,9 @@ from .config.schema import EvalConfig, TrainConfig
 from .eval.plots import plot_curves
 from .eval.report import eval_markdown, save_grid, write_json
 from .eval.world_eval import evaluate_world, generator_source, real_source, render_real, teacher_source
-from .world.prompts import describe
-from .world.scene import LEVELS, Specs, sample_specs
+from .world.prompts import GRID_SEED, fixed_prompts
 
-GRID_SEED = 2024
 PRESET = Path(__file__).resolve().parents[2] / "configs" / "world_r0.yaml"
-
-
-def fixed_prompts(per_level: int = 2) -> tuple[list[str], Specs]:
-    """The demo's and the trainers' fixed grid prompts: `per_level` of each level."""
-    g = torch.Generator().manual_seed(GRID_SEED)
-    specs = Specs.cat([sample_specs(per_level, lv, g) for lv in LEVELS])
-    return describe(specs, torch.zeros(len(specs), dtype=torch.long)), specs
 
 
 def _train_config(quick: bool, preset: Path | None) -> TrainConfig:

@@ -95,7 +95,7 @@ class R0Trainer(Trainer):
 
     @torch.no_grad()
     def sample_grid(self, path: Path) -> None:
-        from ..demo import fixed_prompts
+        from ..world.prompts import fixed_prompts
 
         prompts, _ = fixed_prompts()
         prompts = [p for p in prompts for _ in range(4)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .scene import BACKGROUNDS, COLOURS, SHAPES, SIZES, Specs
+from .scene import BACKGROUNDS, COLOURS, LEVELS, SHAPES, SIZES, Specs, sample_specs
 
 _POSITION = ("on the left", "in the center", "on the right")
 _POSITION_ALT = ("at the left", "in the middle", "at the right")
@@ -75,3 +75,13 @@ def describe(specs: Specs, templates: torch.Tensor) -> list[str]:
 def random_templates(n: int, g: torch.Generator) -> torch.Tensor:
     """Paraphrase indices; taken modulo each level's template count in `describe_one`."""
     return torch.randint(0, 1 << 16, (n,), generator=g)
+
+
+GRID_SEED = 2024
+
+
+def fixed_prompts(per_level: int = 2) -> tuple[list[str], Specs]:
+    """The fixed grid prompts of the demo and the trainers' sample grids: `per_level` per level."""
+    g = torch.Generator().manual_seed(GRID_SEED)
+    specs = Specs.cat([sample_specs(per_level, lv, g) for lv in LEVELS])
+    return describe(specs, torch.zeros(len(specs), dtype=torch.long)), specs
