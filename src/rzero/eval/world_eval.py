@@ -115,6 +115,23 @@ def _generate_all(source: ImageSource, prompts: list[str], specs: Specs, indices
     return torch.cat(images).clamp(-1, 1), seconds
 
 
+def _accuracy_by_split(all_correct: torch.Tensor, split: list[str], names: list[str]) -> dict[str, float]:
+    """`acc_<name>`: all-correct rate over the images of each split."""
+    out = {}
+    for name in names:
+        sel = torch.tensor([s == name for s in split])
+        out[f"acc_{name}"] = float(all_correct[sel].float().mean())
+    return out
+
+
+def _fid_against_real(featnet, images: torch.Tensor, specs: Specs, seed: int, indices: list[int]) -> float:
+    """World-FID of `images` against real renders of the same specs (a different render seed)."""
+    reference = render_real(specs, seed + 7919, indices)
+    feats = torch.cat([featnet.features(images[i:i + 512]) for i in range(0, len(images), 512)])
+    ref_feats = torch.cat([featnet.features(reference[i:i + 512]) for i in range(0, len(reference), 512)])
+    return frechet_distance(feats, ref_feats)
+
+
 @torch.no_grad()
 def evaluate_world(source: ImageSource, cfg: EvalConfig, asset_dir=None) -> tuple[dict, dict]:
     """Run the protocol; returns (flat metrics for JSON, extra details for the report)."""
@@ -130,20 +147,14 @@ def evaluate_world(source: ImageSource, cfg: EvalConfig, asset_dir=None) -> tupl
 
     # Inspector accuracy per split and per attribute.
     m = match(ps.specs, read_scenes(inspector, images))
-    out: dict[str, float] = {}
     split = ps.split
-    for name in [f"L{lv}" for lv in LEVELS] + ["heldout"]:
-        sel = torch.tensor([s == name for s in split])
-        out[f"acc_{name}"] = float(m["all_correct"][sel].float().mean())
+    out = _accuracy_by_split(m["all_correct"], split, [f"L{lv}" for lv in LEVELS] + ["heldout"])
     for a in ATTRIBUTE_NAMES:
         asked = m[f"{a}_n"].sum()
         out[f"attr_acc_{a}"] = float(m[f"{a}_ok"].sum() / asked) if asked > 0 else float("nan")
 
     # World-FID against real renders of the same prompts (a different render seed).
-    reference = render_real(ps.specs, cfg.seed + 7919, indices)
-    feats = torch.cat([featnet.features(images[i:i + 512]) for i in range(0, n, 512)])
-    ref_feats = torch.cat([featnet.features(reference[i:i + 512]) for i in range(0, n, 512)])
-    out["world_fid"] = frechet_distance(feats, ref_feats)
+    out["world_fid"] = _fid_against_real(featnet, images, ps.specs, cfg.seed, indices)
 
     # Diversity: several seeds of the same prompts, spread over all levels.
     k, s = cfg.diversity_prompts, cfg.diversity_seeds
@@ -198,11 +209,6 @@ def quick_world_eval(generate: GenerateFn, per_level: int = 32, seed: int = 4321
     prompts = [ps.prompts[i] for i in keep]
     images = generate(prompts, specs, keep).clamp(-1, 1)
     m = match(specs, read_scenes(load_world_network("inspector", asset_dir), images))
-    out = {}
-    for lv in LEVELS:
-        sel = torch.tensor([ps.split[i] == f"L{lv}" for i in keep])
-        out[f"acc_L{lv}"] = float(m["all_correct"][sel].float().mean())
-    featnet = load_world_network("featnet", asset_dir)
-    reference = render_real(specs, seed + 7919, keep)
-    out["world_fid"] = frechet_distance(featnet.features(images), featnet.features(reference))
+    out = _accuracy_by_split(m["all_correct"], [ps.split[i] for i in keep], [f"L{lv}" for lv in LEVELS])
+    out["world_fid"] = _fid_against_real(load_world_network("featnet", asset_dir), images, specs, seed, keep)
     return out
