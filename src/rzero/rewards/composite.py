@@ -35,6 +35,13 @@ class CompositeReward(torch.nn.Module):
         self.normalize_grads = normalize_grads
         self.delta = delta
 
+    def _score(self, name: str, images: torch.Tensor, prompts: list[str], metrics: dict[str, float]) -> torch.Tensor:
+        """Reward `name` on the images (B,), logging its mean and std."""
+        r = self.rewards[name.replace("-", "_")](images, prompts)  # ModuleDict keys cannot hold "-"
+        metrics[f"reward/{name}"] = float(r.detach().mean())
+        metrics[f"reward_std/{name}"] = float(r.detach().std()) if r.numel() > 1 else 0.0
+        return r
+
     def _per_sample_norm(self, g: torch.Tensor) -> torch.Tensor:
         return g.flatten(1).norm(dim=1).view(-1, *([1] * (g.ndim - 1)))
 
@@ -45,22 +52,16 @@ class CompositeReward(torch.nn.Module):
         if not self.normalize_grads:
             total = images.new_zeros(())
             for name in self.names:
-                r = self.rewards[name.replace("-", "_")](images, prompts)
-                total = total - self.weights[name] * r.mean()
-                metrics[f"reward/{name}"] = float(r.detach().mean())
-                metrics[f"reward_std/{name}"] = float(r.detach().std()) if r.numel() > 1 else 0.0
+                total = total - self.weights[name] * self._score(name, images, prompts, metrics).mean()
             return total, metrics
 
         # 1) Each reward's gradient at a detached copy of the images, normalized per sample.
         x = images.detach().requires_grad_(True)
         direction = torch.zeros_like(x)
         for name in self.names:
-            r = self.rewards[name.replace("-", "_")](x, prompts)  # (B,)
-            (grad,) = torch.autograd.grad(r.sum(), x)
+            (grad,) = torch.autograd.grad(self._score(name, x, prompts, metrics).sum(), x)
             norm = self._per_sample_norm(grad)
             direction += self.weights[name] * grad / (norm + self.delta)
-            metrics[f"reward/{name}"] = float(r.detach().mean())
-            metrics[f"reward_std/{name}"] = float(r.detach().std()) if r.numel() > 1 else 0.0
             metrics[f"grad_norm/{name}"] = float(norm.mean())
         for name, (w, grad) in (extra_directions or {}).items():
             norm = self._per_sample_norm(grad)
@@ -73,4 +74,4 @@ class CompositeReward(torch.nn.Module):
 
     @torch.no_grad()
     def scores(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
-        return {name: self.rewards[name.replace("-", "_")](images, prompts) for name in self.names}
+        return {name: self._score(name, images, prompts, {}) for name in self.names}
