@@ -362,6 +362,7 @@ def build_world(cfg: WorldBuildConfig, only: list[str] | None = None, force: boo
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(out) if (out / MANIFEST).exists() else {"assets": {}}
+    commit = _git_commit()
     stages = list(only) if only else list(STAGES)
     for s in stages:
         if s not in STAGES:
@@ -389,10 +390,10 @@ def build_world(cfg: WorldBuildConfig, only: list[str] | None = None, force: boo
         manifest["assets"][stage] = {
             "file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path),
             "params": sum(p.numel() for p in model.parameters()), "config_hash": h,
-            "train_seconds": round(time.time() - t0, 1), "git_commit": _git_commit(), "command": command,
+            "train_seconds": round(time.time() - t0, 1), "git_commit": commit, "command": command,
             "metrics": metrics,
         }
-        manifest.update({"build_command": command, "git_commit": _git_commit(), "config": to_dict(cfg),
+        manifest.update({"build_command": command, "git_commit": commit, "config": to_dict(cfg),
                          "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                          "python": sys.version.split()[0], "torch": torch.__version__})
         atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
