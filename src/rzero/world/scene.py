@@ -83,10 +83,9 @@ class Scenes:
         # A stable sort of "absent" flags moves present slots first and keeps their order.
         order = torch.sort((~self.present).long(), dim=1, stable=True).indices  # (N, 3)
         gathered = torch.gather(self.slots, 1, order[:, :, None].expand(-1, -1, 3))
-        slot_idx = order.clone()
         valid = torch.gather(self.present, 1, order)
         out[:, :, :3] = torch.where(valid[:, :, None], gathered, torch.full_like(gathered, -1))
-        out[:, :, 3] = torch.where(valid, slot_idx, torch.full_like(slot_idx, -1))
+        out[:, :, 3] = torch.where(valid, order, torch.full_like(order, -1))
         return out
 
     def index(self, idx) -> "Scenes":
