@@ -85,12 +85,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output PNG path")
     s.add_argument("--assets", default=None)
 
+    for name in COMMAND_MODULES:
+        _command_module(name).register(sub)
+
     d = sub.add_parser("demo", help="the main job on the built-in world: samples, metrics and a report",
                        description="Sample the shipped teacher at fixed prompts and seeds, evaluate it and real "
                                    "renders with the world protocol, and write a Markdown report.")
     d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     d.add_argument("--quick", action="store_true", help="a smaller prompt set (for smoke tests)")
     return parser
+
+
+# Commands that live in their own module `rzero.cli.<name>`: each has `register(sub)`, which
+# adds its parser and sets `handler` as a default (`p.set_defaults(handler=run)`).
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _command_module(name: str):
+    import importlib
+
+    return importlib.import_module(f"{__package__}.{name}")
 
 
 def _fail(msg: str, code: int = EXIT_FAILURE) -> int:
@@ -297,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers = {"world": cmd_world, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "demo": cmd_demo}
     try:
-        return handlers[args.command](args)
+        handler = handlers.get(args.command) or args.handler
+        return handler(args)
     except ConfigError as e:
         return _fail(str(e), EXIT_USAGE)
     except (AssetError, ValueError) as e:
