@@ -50,6 +50,11 @@ class Trainer:
     def snapshot_meta(self) -> dict:
         return {}
 
+    def extra_state(self) -> dict:
+        """Optional: more objects with state_dict()/load_state_dict() that a full checkpoint must
+        hold (e.g. DI*'s fake score network and its optimizer), by name."""
+        return {}
+
     def track(self) -> dict[str, float]:
         """Optional: held-out metrics of the current weights, logged with a `track/` prefix."""
         return {}
@@ -151,6 +156,9 @@ class Trainer:
             if self.ema is not None:
                 atomic_save_safetensors(self.ema, tmp / "ema.safetensors")
             atomic_write_bytes(tmp / "optimizer.pt", torch_save_bytes(self.optimizer.state_dict()))
+            extra = self.extra_state()
+            if extra:
+                atomic_write_bytes(tmp / "extra.pt", torch_save_bytes({k: v.state_dict() for k, v in extra.items()}))
             atomic_write_bytes(tmp / "state.json", json.dumps({"iteration": self.iteration}).encode())
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -171,6 +179,11 @@ class Trainer:
             if self.ema is not None and (last / "ema.safetensors").is_file():
                 self.ema = load_safetensors(last / "ema.safetensors")
             self.optimizer.load_state_dict(torch_load_safe(last / "optimizer.pt"))
+            extra = self.extra_state()
+            if extra:
+                saved = torch_load_safe(last / "extra.pt")
+                for k, v in extra.items():
+                    v.load_state_dict(saved[k])
         except (json.JSONDecodeError, KeyError) as e:
             raise AssetError(f"checkpoint '{last}' is corrupt ({e}); delete it to resume from the previous one") from e
         self.iteration = int(state["iteration"])
