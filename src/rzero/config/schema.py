@@ -206,6 +206,7 @@ class TrainConfig:
     sample_every: int = 100
     track_every: int = 50  # 0: off; else quick held-out evaluation (world) every N iterations
     track_prompts: int = 24  # per level
+    time_budget_s: float = 0.0  # > 0: stop (checkpoint + snapshot) once training has used this much wall-clock
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
@@ -218,6 +219,8 @@ class TrainConfig:
         for name in ("iterations", "batch_size", "grad_accum", "threads", "log_every", "checkpoint_every",
                      "keep_checkpoints", "sample_every"):
             _positive(name, getattr(self, name))
+        if self.time_budget_s < 0:
+            raise ValueError(f"time_budget_s must be >= 0 (0: no limit), got {self.time_budget_s}")
         if self.track_every < 0:
             raise ValueError(f"track_every must be >= 0, got {self.track_every}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -39,6 +40,7 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(out_dir)
         self.iteration = 0
+        self.train_seconds = 0.0  # wall-clock spent in training iterations, carried across resumes
 
     # ------------------------------------------------------------ to implement
     def train_step(self, g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
@@ -104,6 +106,7 @@ class Trainer:
             if cfg.track_every:
                 logger.log(0, {f"track/{k}": v for k, v in self.track().items()})
         while self.iteration < cfg.iterations:
+            started = time.perf_counter()
             metrics: dict[str, float] = {}
             for micro in range(cfg.grad_accum):
                 g = derived_generator(self._rank_seed(), "train", self.iteration * cfg.grad_accum + micro)
@@ -121,8 +124,12 @@ class Trainer:
                 metrics["loss"] = metrics.get("loss", 0.0) + float(loss.detach()) / cfg.grad_accum
             self._update_ema()
             self.iteration += 1
+            self.train_seconds += time.perf_counter() - started
             bar.update(1)
-            last = self.iteration == cfg.iterations
+            # A wall-clock budget (equal-time comparisons in `rzero bench`) ends the run like the
+            # last iteration does. Tracking time is not counted: it is evaluation, not training.
+            out_of_time = 0 < cfg.time_budget_s <= self.train_seconds
+            last = self.iteration == cfg.iterations or out_of_time
             tracking = cfg.track_every > 0 and (self.iteration % cfg.track_every == 0 or last)
             if tracking and acc.is_main_process:
                 metrics.update({f"track/{k}": v for k, v in self.track().items()})
@@ -131,8 +138,11 @@ class Trainer:
                 bar.set_postfix({k.split("/")[-1][:10]: f"{v:.3g}" for k, v in list(metrics.items())[:4]})
             if acc.is_main_process and self.iteration % cfg.sample_every == 0:
                 self.sample_grid(self.out / "samples" / f"step_{self.iteration:06d}.png")
-            if self.iteration % cfg.checkpoint_every == 0 or self.iteration == cfg.iterations:
+            if self.iteration % cfg.checkpoint_every == 0 or last:
                 self.save_checkpoint()
+            if out_of_time:
+                print(f"train: time budget of {cfg.time_budget_s:g} s used up at iteration {self.iteration}")
+                break
         bar.close()
         logger.close()
         return self.save_snapshot()
@@ -159,7 +169,7 @@ class Trainer:
             extra = self.extra_state()
             if extra:
                 atomic_write_bytes(tmp / "extra.pt", torch_save_bytes({k: v.state_dict() for k, v in extra.items()}))
-            atomic_write_bytes(tmp / "state.json", json.dumps({"iteration": self.iteration}).encode())
+            atomic_write_bytes(tmp / "state.json", json.dumps({"iteration": self.iteration, "train_seconds": self.train_seconds}).encode())
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             kept = sorted(p for p in self._ckpt_dir().glob("step_*") if p.is_dir())
@@ -187,6 +197,7 @@ class Trainer:
         except (json.JSONDecodeError, KeyError) as e:
             raise AssetError(f"checkpoint '{last}' is corrupt ({e}); delete it to resume from the previous one") from e
         self.iteration = int(state["iteration"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         print(f"train: resumed from {last} at iteration {self.iteration}")
 
     def save_snapshot(self) -> Path:
@@ -198,6 +209,7 @@ class Trainer:
             weights = self.ema if self.ema is not None else {n: p for n, p in model.named_parameters() if p.requires_grad}
             atomic_save_safetensors(weights, final / "generator.safetensors")
             meta = {"method": self.cfg.method, "backbone": self.cfg.backbone, "iteration": self.iteration,
+                    "train_seconds": round(self.train_seconds, 3),
                     **self.snapshot_meta()}
             atomic_write_bytes(final / "generator.json", (json.dumps(meta, indent=2) + "\n").encode())
             save_config(self.cfg, final / "config.yaml")
