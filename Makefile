@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.rzero-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test test-slow demo world clean
+.PHONY: install test test-slow test-browser demo world clean
 
 # torch 2.14.1 + torchvision 0.29.1 are the versions measured on the reference CPU machine
 # (open_clip needs a working torchvision beside torch); the package itself only asks for ranges.
@@ -23,6 +23,14 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# The browser end-to-end test (tests/test_browser_e2e.py) drives `rzero serve` in headless
+# Chromium through chromium-driver: Debian's packages, installed here if missing (root or sudo).
+test-browser: $(STAMP)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y chromium chromium-driver; }
+	$(PY) -m pytest -q -m browser
 
 demo: $(STAMP)
 	$(VENV)/bin/rzero demo --out runs/demo
