@@ -138,6 +138,14 @@ class RewardConfig:
     weights: dict[str, float] = field(default_factory=dict)  # missing names weigh 1.0
     normalize_grads: bool = True
     delta: float = 1e-8
+    # Constructor options per reward, e.g. {"hps-v2.1": {"path": "/weights/HPS_v2.1_compressed.pt"}}
+    # (docs/rewards.md lists each reward's options).
+    options: dict[str, dict] = field(default_factory=dict)
+    # Implicit CFG reward (SPEC 1.2): push along s_teacher(x_t|c) - s_teacher(x_t|empty) of a frozen
+    # copy of the pretrained network, at t ~ U[cfg_t_min, cfg_t_max] (fractions of the schedule).
+    cfg_weight: float = 0.0  # w_cfg; 0 disables it (and no teacher copy is made)
+    cfg_t_min: float = 0.02
+    cfg_t_max: float = 0.98
 
     def __post_init__(self):
         if not self.names:
@@ -145,6 +153,13 @@ class RewardConfig:
         unknown = sorted(set(self.weights) - set(self.names))
         if unknown:
             raise ValueError(f"weights given for rewards not in names: {', '.join(unknown)}")
+        unknown = sorted(set(self.options) - set(self.names))
+        if unknown:
+            raise ValueError(f"options given for rewards not in names: {', '.join(unknown)}")
+        if self.cfg_weight < 0:
+            raise ValueError(f"cfg_weight must be >= 0, got {self.cfg_weight}")
+        if not 0 <= self.cfg_t_min < self.cfg_t_max <= 1:
+            raise ValueError(f"need 0 <= cfg_t_min < cfg_t_max <= 1, got {self.cfg_t_min}, {self.cfg_t_max}")
 
 
 @dataclass

@@ -1,12 +1,24 @@
 """Reward models and their registry (plain dict, STYLE principle 4)."""
 
+from .aesthetic import AestheticReward
 from .base import Reward
+from .clip_score import ClipScoreReward
+from .hps import HPSReward, HPSv21Reward
+from .imagereward import ImageRewardReward
+from .pickscore import PickScoreReward
 from .world import WorldClipReward, WorldJudgeReward, WorldQualityReward
 
 REWARDS: dict[str, type[Reward]] = {
     "world-clip": WorldClipReward,
     "world-judge": WorldJudgeReward,
     "world-quality": WorldQualityReward,
+    # Real-scale rewards (docs/rewards.md): weights from a local path or a hub id, loaded lazily.
+    "hps-v2": HPSReward,
+    "hps-v2.1": HPSv21Reward,
+    "imagereward": ImageRewardReward,
+    "pickscore": PickScoreReward,
+    "clip-score": ClipScoreReward,
+    "aesthetic": AestheticReward,
 }
 
 
@@ -16,4 +28,5 @@ def make_reward(name: str, **kwargs) -> Reward:
     return REWARDS[name](**kwargs)
 
 
-__all__ = ["REWARDS", "Reward", "WorldClipReward", "WorldJudgeReward", "WorldQualityReward", "make_reward"]
+__all__ = ["REWARDS", "AestheticReward", "ClipScoreReward", "HPSReward", "HPSv21Reward", "ImageRewardReward",
+           "PickScoreReward", "Reward", "WorldClipReward", "WorldJudgeReward", "WorldQualityReward", "make_reward"]

@@ -40,8 +40,14 @@ class R0Trainer(Trainer):
         self.generator = FewStepGenerator(self.backbone, gc.steps, gc.timesteps or None, gc.renoise,
                                           gc.gradient_checkpointing)
         if rewards is None:
-            rewards = {name: make_reward(name, asset_dir=asset_dir) for name in cfg.reward.names}
+            rewards = {name: make_reward(name, asset_dir=asset_dir, **cfg.reward.options.get(name, {}))
+                       for name in cfg.reward.names}
         self.reward = CompositeReward(rewards, cfg.reward.weights, cfg.reward.normalize_grads, cfg.reward.delta)
+        self.cfg_teacher = None
+        if cfg.reward.cfg_weight > 0:  # implicit CFG reward: a frozen copy of the still-pretrained denoiser
+            from .fake_score import backbone_with, frozen_copy
+
+            self.cfg_teacher = backbone_with(self.backbone, frozen_copy(self.backbone.unet))
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.regularizer = WeightRegularizer(named, cfg.regularization.weight)
         self.prompts = prompt_source(cfg.backbone)
@@ -64,6 +70,17 @@ class R0Trainer(Trainer):
         (grad,) = torch.autograd.grad(logp.sum(), x0)  # chain rule already includes a_t
         return grad
 
+    def cfg_direction(self, x0: torch.Tensor, cond, g: torch.Generator) -> torch.Tensor:
+        """Implicit CFG reward (SPEC 1.2): a_t (s(x_t|c) - s(x_t|empty)) of the frozen teacher at noised x0."""
+        from ..losses import implicit_cfg_direction
+        from .fake_score import sample_timesteps
+
+        rc, teacher = self.cfg.reward, self.cfg_teacher
+        teacher.unet.to(x0.device)  # no-op after the first call
+        t = sample_timesteps(teacher.schedule, len(x0), rc.cfg_t_min, rc.cfg_t_max, g).to(x0.device)
+        noise = torch.randn(x0.shape, generator=g).to(x0.device)
+        return implicit_cfg_direction(teacher, x0, t, noise, cond, teacher.empty_cond(len(x0)))
+
     def train_step(self, g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         cfg, gc = self.cfg, self.cfg.generator
         b = cfg.batch_size
@@ -84,6 +101,8 @@ class R0Trainer(Trainer):
         extra = {}
         if self.sharpness is not None:
             extra["hires"] = (cfg.r0plus.hires_weight, self.hires_direction(images, g))
+        if self.cfg_teacher is not None:  # on the latent x0, where the teacher lives
+            extra["cfg"] = (cfg.reward.cfg_weight, self.cfg_direction(out.x0, cond, g), out.x0)
         loss_reward, metrics = self.reward.loss(images, prompts, extra)
         # 5) Weight regularization toward the pretrained weights.
         params = [p for p in self.model.parameters() if p.requires_grad]
