@@ -189,6 +189,41 @@ class R0PlusConfig:
 
 
 @dataclass
+class DIConfig:
+    """Diff-Instruct* / DI++ (SPEC 2, 3): reward plus a score divergence to the teacher."""
+
+    alpha_rew: float = 100.0  # reward weight (the paper's best DI* setting)
+    alpha_cfg: float = 7.5  # CFG scale inside the teacher's score s_ref_w
+    huber_c: float = 0.1  # pseudo-Huber C = huber_c * sqrt(dim of x0) (DI* only)
+    t_init: float = -1.0  # DI*: the one-step generator's timestep; < 0: the top timestep
+    fake_updates: int = 1  # fake-score updates per generator update (K_fake)
+    fake_lr: float = 1e-4
+    cond_drop: float = 0.1  # caption dropout of the fake score's training
+    t_min: float = 0.02  # t ~ U[t_min, t_max], fractions of the schedule's range
+    t_max: float = 0.98
+    gradient_path: str = "detached"  # "detached" (DMD-style) | "sim" (through the teacher, DI* only)
+    weighting: str = "dmd"  # w(t): "dmd" | "snr" | "uniform"
+    diagnostics_every: int = 10  # 0: off; else per-family gradient norms and cosine every N iterations
+
+    def __post_init__(self):
+        for name in ("alpha_rew", "alpha_cfg"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("fake_lr", "huber_c", "fake_updates"):
+            _positive(name, getattr(self, name))
+        if not 0 <= self.cond_drop < 1:
+            raise ValueError(f"cond_drop must be in [0, 1), got {self.cond_drop}")
+        if not 0 <= self.t_min < self.t_max <= 1:
+            raise ValueError(f"need 0 <= t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
+        if self.gradient_path not in ("detached", "sim"):
+            raise ValueError(f"gradient_path must be 'detached' or 'sim', got '{self.gradient_path}'")
+        if self.weighting not in ("dmd", "snr", "uniform"):
+            raise ValueError(f"weighting must be 'dmd', 'snr' or 'uniform', got '{self.weighting}'")
+        if self.diagnostics_every < 0:
+            raise ValueError(f"diagnostics_every must be >= 0, got {self.diagnostics_every}")
+
+
+@dataclass
 class OptimConfig:
     lr: float = 1e-4
     beta1: float = 0.9
@@ -226,11 +261,18 @@ class TrainConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
     r0plus: R0PlusConfig = field(default_factory=R0PlusConfig)
+    di: DIConfig = field(default_factory=DIConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self):
-        if self.method not in ("r0",):
-            raise ValueError(f"method must be 'r0', got '{self.method}'")
+        if self.method not in ("r0", "distar", "dipp"):
+            raise ValueError(f"method must be 'r0', 'distar' or 'dipp', got '{self.method}'")
+        if self.method == "distar" and self.generator.steps != 1:
+            raise ValueError(f"method 'distar' is one-step: set generator.steps=1 (got {self.generator.steps}); "
+                             "its timestep is di.t_init")
+        if self.method == "dipp" and self.di.gradient_path != "detached":
+            raise ValueError("di.gradient_path 'sim' is a DI* option; DI++'s KL gradient uses detached networks "
+                             "(set di.gradient_path=detached)")
         for name in ("iterations", "batch_size", "grad_accum", "threads", "log_every", "checkpoint_every",
                      "keep_checkpoints", "sample_every"):
             _positive(name, getattr(self, name))

@@ -1,0 +1,117 @@
+"""The fake ("assistant") score network of Diff-Instruct* and DI++ (SPEC 2, 3), written once.
+
+psi starts as a copy of the pretrained denoiser and follows the generator's distribution by
+denoising score matching on detached generator samples sg(x0):
+
+    t ~ U[t_min, t_max] (fractions of the schedule), eps ~ N(0, I), x_t = a_t x0 + b_t eps
+    L_fake = || net_psi(x_t, t, c') - target(x0, eps) ||^2       (target: eps / v / flow)
+
+with caption dropout (c' = empty prompt with probability cond_drop) so that psi can also
+serve unconditional scores. It has its own optimizer and is updated inside the trainer's
+step, before the generator's divergence is computed (K_fake updates per generator update).
+
+Scores are expressed through x0-predictions, which keeps this parameterization-free:
+    s(x_t) = (a_t x0_hat - x_t) / b_t^2      =>   s_psi - s_ref = a_t (x0_psi - x0_ref) / b_t^2
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ..diffusion import broadcast_to, output_from_x0_eps
+
+
+def backbone_with(backbone, net: torch.nn.Module):
+    """A view of `backbone` whose denoiser (`.unet`) is `net`; text encoder, schedule and VAE are shared.
+
+    Backbones compute everything through `self.unet`, so a shallow copy with its own module
+    table gives predict / predict_x0 / guided_x0 of another network at no memory cost.
+    """
+    view = copy.copy(backbone)
+    # copy.copy shares the _modules dict: give the view its own, or `unet` would be replaced in both.
+    view._modules = dict(backbone._modules)
+    view._modules["unet"] = net
+    return view
+
+
+def frozen_copy(net: torch.nn.Module) -> torch.nn.Module:
+    return copy.deepcopy(net).requires_grad_(False).eval()
+
+
+def sample_timesteps(schedule, n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
+    """n training times uniform on [lo, hi] (fractions of the range): VP integers, flow floats. (n,)"""
+    u = lo + (hi - lo) * torch.rand((n,), generator=g)
+    if schedule.kind == "vp":
+        return (u * (schedule.num_train_timesteps - 1)).round().long()
+    return u.clamp_min(1e-3)  # flow: b_t = t must stay > 0
+
+
+def drop_captions(cond, uncond, keep: torch.Tensor):
+    """Per-sample choice between cond and uncond (keep: (B,) bool); tensors or tuples/dicts of tensors."""
+    if isinstance(cond, torch.Tensor):
+        return torch.where(keep.view(-1, *([1] * (cond.ndim - 1))), cond, uncond)
+    if isinstance(cond, (tuple, list)):
+        return type(cond)(drop_captions(c, u, keep) for c, u in zip(cond, uncond))
+    if isinstance(cond, dict):
+        return {k: drop_captions(cond[k], uncond[k], keep) for k in cond}
+    raise TypeError(f"cannot apply caption dropout to a condition of type {type(cond).__name__}")
+
+
+class FakeScore:
+    """psi: a trainable copy of the pretrained denoiser with its own AdamW; see the module docstring.
+
+    `state_dict()` / `load_state_dict()` hold the network and its optimizer, so the engine's
+    `extra_state()` hook checkpoints and resumes both.
+    """
+
+    def __init__(self, backbone, lr: float, betas: tuple[float, float] = (0.9, 0.999), cond_drop: float = 0.1,
+                 t_range: tuple[float, float] = (0.02, 0.98)):
+        self.net = copy.deepcopy(backbone.unet).requires_grad_(True).train()
+        self.view = backbone_with(backbone, self.net)
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=lr, betas=betas, weight_decay=0.0)
+        self.cond_drop = cond_drop
+        self.t_range = t_range
+
+    def denoising_loss(self, x0: torch.Tensor, cond, uncond, g: torch.Generator) -> torch.Tensor:
+        """DSM loss of psi on clean samples x0 (B, C, h, w), detached inside; a scalar."""
+        view = self.view
+        x0 = x0.detach()
+        b = x0.shape[0]
+        t = sample_timesteps(view.schedule, b, *self.t_range, g).to(x0.device)
+        eps = torch.randn(x0.shape, generator=g).to(x0.device)
+        a_t, b_t = broadcast_to(view.schedule.alpha(t), x0), broadcast_to(view.schedule.sigma(t), x0)
+        x_t = a_t * x0 + b_t * eps
+        keep = (torch.rand((b,), generator=g) >= self.cond_drop).to(x0.device)
+        target = output_from_x0_eps(x0, eps, t, view.schedule, view.prediction_type)
+        return (view.predict(x_t, t, drop_captions(cond, uncond, keep)) - target).pow(2).mean()
+
+    def update(self, x0: torch.Tensor, cond, uncond, g: torch.Generator, steps: int = 1) -> float:
+        """`steps` optimizer steps on sg(x0); returns the mean DSM loss (before each step)."""
+        total = 0.0
+        for _ in range(steps):
+            loss = self.denoising_loss(x0, cond, uncond, g)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += float(loss.detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        return total / steps
+
+    def state_dict(self) -> dict:
+        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def to(self, device) -> "FakeScore":
+        self.net.to(device)
+        return self
+
+
+def score_difference(x0_fake: torch.Tensor, x0_ref: torch.Tensor, a_t: torch.Tensor, b_t: torch.Tensor
+                     ) -> torch.Tensor:
+    """y = s_psi - s_ref from the two x0-predictions at the same x_t: a_t (x0_psi - x0_ref) / b_t^2."""
+    return a_t * (x0_fake - x0_ref) / (b_t * b_t)

@@ -1,0 +1,168 @@
+"""Diff-Instruct* and DI++: divergence maths, the fake score, diagnostics, smoke runs and resume."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from rzero.config import ConfigError, load_config
+from rzero.config.schema import TrainConfig
+from rzero.losses import huber_push, inject, kl_push, pseudo_huber, pseudo_huber_grad
+from rzero.utils.io import load_safetensors, torch_load_safe
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TINY = ["batch_size=2", "log_every=1", "sample_every=1000", "track_every=0", "threads=2", "di.diagnostics_every=1"]
+
+
+# ------------------------------------------------------------------ maths (torch only)
+
+
+def test_pseudo_huber_gradient_matches_autograd():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64) * torch.tensor([0.01, 1.0, 30.0]).view(3, 1, 1, 1)
+    y.requires_grad_(True)
+    c = 0.7
+    (auto,) = torch.autograd.grad(pseudo_huber(y, c).sum(), y)
+    torch.testing.assert_close(pseudo_huber_grad(y.detach(), c), auto, rtol=1e-12, atol=1e-14)
+    # Values: d(0) = 0, and d(y) ~ ||y|| - c far from the origin.
+    assert float(pseudo_huber(torch.zeros(1, 5), c)) == 0.0
+    big = pseudo_huber(y.detach()[2:], c)
+    assert abs(float(big) - (float(y.detach()[2].norm()) - c)) < 0.02
+
+
+def test_huber_push_is_kl_push_near_zero_and_capped_far_away():
+    y = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    w, a = torch.full((2, 1, 1, 1), 2.0), torch.full((2, 1, 1, 1), 0.5)
+    c = 1.0
+    small = 1e-4 * y
+    torch.testing.assert_close(huber_push(small, w, a, c), kl_push(small, w, a), rtol=1e-5, atol=0)
+    far = huber_push(1e4 * y, w, a, c)
+    torch.testing.assert_close(far.flatten(1).norm(dim=1), torch.full((2,), 2.0 * 0.5 * c), rtol=1e-6, atol=0)
+
+
+def test_inject_gradient_is_minus_push_over_numel():
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    push = torch.randn(2, 3, 4, 4)
+    (grad,) = torch.autograd.grad(inject(x, push), x)
+    torch.testing.assert_close(grad, -push / x.numel())
+
+
+def test_config_rejects_multistep_distar_and_sim_dipp():
+    with pytest.raises(ConfigError, match="generator.steps=1"):
+        load_config(TrainConfig, CONFIGS / "world_distar.yaml", ["generator.steps=4"])
+    with pytest.raises(ConfigError, match="gradient_path"):
+        load_config(TrainConfig, CONFIGS / "world_dipp.yaml", ["di.gradient_path=sim"])
+    with pytest.raises(ConfigError, match="weighting"):
+        load_config(TrainConfig, CONFIGS / "world_dipp.yaml", ["di.weighting=nope"])
+
+
+# ------------------------------------------------------------------ the fake score
+
+
+@pytest.fixture(scope="module")
+def backbone(world_assets):
+    from rzero.backbones import WorldBackbone
+
+    return WorldBackbone(asset_dir=world_assets).eval()
+
+
+def test_fake_score_update_lowers_its_denoising_loss(backbone):
+    from rzero.trainers.fake_score import FakeScore
+
+    # A fixed batch of what psi really sees: one-step samples of the pretrained network (blurry,
+    # off the teacher's data manifold, so the copied teacher does not fit them yet).
+    cond = backbone.encode_prompts(["a red circle", "a blue square", "two crosses", "a green diamond"])
+    uncond = backbone.empty_cond(4)
+    noise = torch.randn((4, *backbone.latent_shape), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x0 = backbone.predict_x0(noise, torch.full((4,), 999), cond)
+    fake = FakeScore(backbone, lr=3e-4, cond_drop=0.0, t_range=(0.2, 0.8))
+
+    def loss_at_fixed_noise():
+        with torch.no_grad():
+            return float(fake.denoising_loss(x0, cond, uncond, torch.Generator().manual_seed(123)))
+
+    before = loss_at_fixed_noise()
+    fake.update(x0, cond, uncond, torch.Generator().manual_seed(5), steps=8)
+    after = loss_at_fixed_noise()
+    assert after < 0.9 * before, (before, after)
+    # psi is a copy: the backbone's own denoiser kept its weights.
+    assert fake.net is not backbone.unet
+    assert any(not torch.equal(p, q) for p, q in zip(fake.net.parameters(), backbone.unet.parameters()))
+
+
+def test_backbone_view_does_not_replace_the_original_network(backbone):
+    from rzero.trainers.fake_score import backbone_with, frozen_copy
+
+    other = frozen_copy(backbone.unet)
+    view = backbone_with(backbone, other)
+    assert view.unet is other and backbone.unet is not other
+    assert view.text_encoder is backbone.text_encoder
+
+
+# ------------------------------------------------------------------ trainers
+
+
+def _trainer(world_assets, out, preset, overrides=()):
+    from rzero.trainers import TRAINERS
+
+    cfg = load_config(TrainConfig, CONFIGS / preset, [*TINY, *overrides])
+    return TRAINERS[cfg.method](cfg, out, asset_dir=world_assets)
+
+
+@pytest.mark.parametrize("preset,steps", [("world_distar.yaml", 1), ("world_dipp.yaml", 1), ("world_dipp4.yaml", 4)])
+def test_smoke_two_steps_logs_diagnostics_and_loads(world_assets, tmp_path, preset, steps):
+    tr = _trainer(world_assets, tmp_path, preset, ["iterations=2"])
+    final = tr.fit()
+    from rzero.generator import load_generator
+    from rzero.utils.stats import read_jsonl
+
+    gen, meta = load_generator(final, world_assets)
+    assert gen.steps == steps == meta["steps"] and meta["iteration"] == 2
+    assert meta["method"] == tr.cfg.method
+    rows = read_jsonl(tmp_path / "stats.jsonl")
+    assert len(rows) == 2
+    for r in rows:
+        for k in ("diag/log10_grad_norm_reward", "diag/log10_grad_norm_div", "diag/cos_reward_div", "fake/loss",
+                  "div/push_norm", "reward/world-judge"):
+            assert r.get(k) is not None and math.isfinite(r[k]), (k, r.get(k))
+        assert -1.0 <= r["diag/cos_reward_div"] <= 1.0
+    assert ("div/huber" in rows[0]) == (tr.cfg.method == "distar")
+
+
+def test_generator_gradient_reaches_trainable_weights_only(world_assets, tmp_path):
+    tr = _trainer(world_assets, tmp_path, "world_distar.yaml", ["iterations=1", "di.gradient_path=sim"])
+    loss, _ = tr.train_step(torch.Generator().manual_seed(0))
+    loss.backward()
+    grads = [p.grad for p in tr.model.parameters()]
+    assert sum(int(g is not None and g.abs().sum() > 0) for g in grads) > 0.9 * len(grads)
+    assert all(p.grad is None for p in tr.ref.unet.parameters())  # the reference is frozen
+    assert all(p.grad is None for p in tr.fake.net.parameters())  # psi's grads are cleared after its own step
+
+
+def test_distar_t_init_option(world_assets, tmp_path):
+    tr = _trainer(world_assets, tmp_path, "world_distar.yaml", ["iterations=1", "di.t_init=399"])
+    assert tr.generator.timesteps.tolist() == [399.0]
+    assert tr.snapshot_meta()["timesteps"] == [399.0]
+
+
+def test_resume_restores_fake_score_and_equals_straight_run(world_assets, tmp_path):
+    ov = ["checkpoint_every=1", "keep_checkpoints=1", "di.diagnostics_every=0"]
+    straight = _trainer(world_assets, tmp_path / "a", "world_distar.yaml", ["iterations=2", *ov])
+    straight.fit()
+    _trainer(world_assets, tmp_path / "b", "world_distar.yaml", ["iterations=1", *ov]).fit()
+    _trainer(world_assets, tmp_path / "b", "world_distar.yaml", ["iterations=2", *ov]).fit()
+    a = load_safetensors(tmp_path / "a" / "final" / "generator.safetensors")
+    b = load_safetensors(tmp_path / "b" / "final" / "generator.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    fa = torch_load_safe(tmp_path / "a" / "checkpoints" / "step_000002" / "extra.pt")["fake_score"]
+    fb = torch_load_safe(tmp_path / "b" / "checkpoints" / "step_000002" / "extra.pt")["fake_score"]
+    for k in fa["net"]:
+        assert torch.equal(fa["net"][k], fb["net"][k]), k
+    # psi really moved away from the teacher: the checkpoint holds a trained network, not a copy.
+    teacher = straight.ref.unet.state_dict()
+    assert any(not torch.equal(fa["net"][k], teacher[k]) for k in fa["net"])
