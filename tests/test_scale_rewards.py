@@ -404,6 +404,7 @@ def empty_hub_cache(tmp_path, monkeypatch):
     ("aesthetic", {"model": "__hf_clip__"},
      r"'aesthetic-model\.pth' of hub id 'trl-lib/ddpo-aesthetic-predictor'.*head=PATH"),
     ("hps-v2.1", {"path": "/nonexistent/HPS_v2.1_compressed.pt"}, r"'/nonexistent/HPS_v2\.1_compressed\.pt' not found"),
+    ("imagereward", {"path": "weights/ImageReward.pt"}, r"'weights/ImageReward\.pt' not found"),  # not a hub id
 ])
 def test_missing_weight_is_a_one_line_asset_error(name, kwargs, expect, empty_hub_cache, hf_clip_dir):
     kwargs = {k: (str(hf_clip_dir) if v == "__hf_clip__" else v) for k, v in kwargs.items()}

@@ -109,7 +109,8 @@ def resolve_file(reward: str, spec: str | Path | None, filenames: tuple[str, ...
                 if (p / name).is_file():
                     return p / name
             raise AssetError(f"{reward}: folder '{p}' holds none of {', '.join(filenames)}; {_how(reward, option)}")
-        if str(spec).startswith((".", "/", "~")) or str(spec).count("/") != 1:
+        looks_like_file = p.suffix in (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+        if looks_like_file or str(spec).startswith((".", "/", "~")) or str(spec).count("/") != 1:
             raise AssetError(f"{reward}: weight file '{spec}' not found; {_how(reward, option)}")
         hub_id = str(spec)
     else:
@@ -252,7 +253,9 @@ def build_clip(reward: str, backend: str, model: str, path: str | None, tokenize
         if path is None:
             raise AssetError(f"{reward}: the open_clip backend needs path=FILE (the '{model}' state dict); "
                              f"{_how(reward, 'path')}")
-        return OpenClipEncoder(model, resolve_file(reward, path, (Path(str(path)).name,), str(path), asset_dir))
+        # path: a file, a folder holding open_clip's usual file names, or a hub id (e.g. laion/CLIP-ViT-L-14-...).
+        files = ("open_clip_pytorch_model.bin", "open_clip_model.safetensors")
+        return OpenClipEncoder(model, resolve_file(reward, path, files, str(path), asset_dir))
     raise ValueError(f"{reward}: backend must be 'transformers' or 'open_clip', got '{backend}'")
 
 
