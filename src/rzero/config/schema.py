@@ -29,6 +29,20 @@ class StageConfig:
 
 
 @dataclass
+class JudgeStageConfig(StageConfig):
+    """The world judge: `steps` of attribute-fraction regression, then `rank_steps` more with a
+    ranking term (the own prompt above prompts the image does not satisfy) at `rank_lr`."""
+
+    rank_steps: int = 0
+    rank_lr: float = 3e-4
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.rank_steps < 0 or self.rank_lr <= 0:
+            raise ValueError(f"need rank_steps >= 0 and rank_lr > 0, got {self.rank_steps}, {self.rank_lr}")
+
+
+@dataclass
 class TeacherStageConfig(StageConfig):
     """The world teacher: eps-prediction UNet, SD1.5 schedule, caption dropout for CFG."""
 
@@ -39,9 +53,16 @@ class TeacherStageConfig(StageConfig):
     offset_noise: float = 0.1  # per-channel constant added to eps; see docs/decisions.md
     ema_decay: float = 0.999
     checkpoint_every: int = 250
+    # Second cosine cycle: restart from the EMA weights with a fresh optimizer at this peak lr
+    # (0 steps: off). Lets a longer teacher be built on top of the first cycle's result.
+    finetune_steps: int = 0
+    finetune_lr: float = 2e-4
 
     def __post_init__(self):
         super().__post_init__()
+        if self.finetune_steps < 0 or self.finetune_lr <= 0:
+            raise ValueError(f"need finetune_steps >= 0 and finetune_lr > 0, got {self.finetune_steps}, "
+                             f"{self.finetune_lr}")
         if not 0 <= self.cond_drop < 1:
             raise ValueError(f"cond_drop must be in [0, 1), got {self.cond_drop}")
         if not 0 < self.ema_decay < 1:
@@ -63,7 +84,7 @@ class WorldBuildConfig:
     inspector: StageConfig = field(default_factory=lambda: StageConfig(steps=2000, batch_size=128, lr=2e-3))
     featnet: StageConfig = field(default_factory=lambda: StageConfig(steps=800, batch_size=128, lr=2e-3))
     clip: StageConfig = field(default_factory=lambda: StageConfig(steps=1200, batch_size=256, lr=1e-3))
-    judge: StageConfig = field(default_factory=lambda: StageConfig(steps=4000, batch_size=128, lr=1e-3))
+    judge: JudgeStageConfig = field(default_factory=lambda: JudgeStageConfig(steps=4000, batch_size=128, lr=1e-3))
     quality: StageConfig = field(default_factory=lambda: StageConfig(steps=600, batch_size=128, lr=2e-3))
     sharpness: StageConfig = field(default_factory=lambda: StageConfig(steps=600, batch_size=128, lr=2e-3))
     teacher: TeacherStageConfig = field(default_factory=lambda: TeacherStageConfig(steps=3500))
@@ -224,6 +245,21 @@ class DIConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA on the denoiser instead of full fine-tuning (SPEC 1.3; the regularizer acts on the LoRA delta)."""
+
+    rank: int = 0  # 0: off (full fine-tuning)
+    alpha: float = 0.0  # LoRA scale = alpha / rank; 0 means alpha = rank
+    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+
+    def __post_init__(self):
+        if self.rank < 0 or self.alpha < 0:
+            raise ValueError(f"need lora.rank >= 0 and lora.alpha >= 0, got {self.rank}, {self.alpha}")
+        if self.rank > 0 and not self.target_modules:
+            raise ValueError("lora.target_modules is empty; name the layers to adapt, e.g. [to_q, to_k, to_v, to_out.0]")
+
+
+@dataclass
 class OptimConfig:
     lr: float = 1e-4
     beta1: float = 0.9
@@ -257,12 +293,22 @@ class TrainConfig:
     track_every: int = 50  # 0: off; else quick held-out evaluation (world) every N iterations
     track_prompts: int = 24  # per level
     time_budget_s: float = 0.0  # > 0: stop (checkpoint + snapshot) once training has used this much wall-clock
+    max_consecutive_skips: int = 5  # steps with a non-finite loss/gradient are skipped; stop after this many in a row
+    alarm_patience: int = 3  # reward-hacking alarm: train reward up, held-out score down N evals in a row; 0 off
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     regularization: RegularizationConfig = field(default_factory=RegularizationConfig)
     r0plus: R0PlusConfig = field(default_factory=R0PlusConfig)
     di: DIConfig = field(default_factory=DIConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    # Real-scale backbones (sd15, sd3): a diffusers folder or hub id, the dtype of its networks
+    # (trainable weights stay float32), activation checkpointing inside the denoiser and VAE, and
+    # the training prompts (a UTF-8 file, one prompt per line; the world has its own grammar).
+    backbone_path: str = ""
+    backbone_dtype: str = "float32"  # "float32" | "bfloat16" | "float16"
+    backbone_gradient_checkpointing: bool = False
+    prompt_file: str = ""
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self):
         if self.method not in ("r0", "distar", "dipp"):
@@ -276,10 +322,19 @@ class TrainConfig:
         for name in ("iterations", "batch_size", "grad_accum", "threads", "log_every", "checkpoint_every",
                      "keep_checkpoints", "sample_every"):
             _positive(name, getattr(self, name))
+        _positive("max_consecutive_skips", self.max_consecutive_skips)
+        if self.alarm_patience < 0:
+            raise ValueError(f"alarm_patience must be >= 0 (0 disables the alarm), got {self.alarm_patience}")
         if self.time_budget_s < 0:
             raise ValueError(f"time_budget_s must be >= 0 (0: no limit), got {self.time_budget_s}")
         if self.track_every < 0:
             raise ValueError(f"track_every must be >= 0, got {self.track_every}")
+        if self.backbone_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"backbone_dtype must be 'float32', 'bfloat16' or 'float16', got '{self.backbone_dtype}'")
+        if self.backbone != "world" and not self.backbone_path:
+            raise ValueError(f"backbone '{self.backbone}' needs backbone_path (a diffusers folder or hub id)")
+        if self.backbone != "world" and not self.prompt_file:
+            raise ValueError(f"backbone '{self.backbone}' needs prompt_file (training prompts, one per line)")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got '{self.mixed_precision}'")
         if not 0 <= self.ema_decay < 1:

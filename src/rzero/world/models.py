@@ -93,11 +93,16 @@ class WorldJudge(nn.Module):
         self.decoder = nn.TransformerDecoder(layer, layers)
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, 1))
 
-    def forward(self, images, states, mask) -> torch.Tensor:
+    def image_memory(self, images: torch.Tensor) -> torch.Tensor:
         feats = self.trunk(images).flatten(2).transpose(1, 2)  # (B, 64, 96)
-        memory = self.image_proj(feats) + self.pos
+        return self.image_proj(feats) + self.pos  # (B, 64, dim)
+
+    def score_memory(self, memory: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         q = self.decoder(self.text(states, mask), memory, tgt_key_padding_mask=~mask)  # (B, T, dim)
         return self.head(_masked_mean(q, mask)).squeeze(-1)  # (B,) logit
+
+    def forward(self, images, states, mask) -> torch.Tensor:
+        return self.score_memory(self.image_memory(images), states, mask)
 
 
 class WorldQuality(nn.Module):
