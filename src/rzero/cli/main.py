@@ -30,8 +30,16 @@ def _split_config(args) -> tuple[str | None, list[str]]:
     return args.config, list(args.overrides)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line too (argparse prints the usage block first)."""
+
+    def error(self, message):
+        print(f"rzero: error: {' '.join(message.split())} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="rzero", description="Reward-centric few-step text-to-image generation (R0, R0+, DI*, DI++) "
                                   "with an offline built-in world.")
     from .. import __version__
@@ -133,8 +141,10 @@ def read_prompt_file(path: str) -> list[str]:
     p = Path(path)
     if p.is_dir():
         raise ValueError(f"prompt file '{path}' is a folder; give a text file")
-    if not p.is_file():
+    if not p.exists():
         raise ValueError(f"prompt file '{path}' not found")
+    if not p.is_file():  # a device (/dev/zero) or a pipe: could be endless
+        raise ValueError(f"prompt file '{path}' is not a regular file; give a text file")
     if p.stat().st_size > 50_000_000:
         raise ValueError(f"prompt file '{path}' is larger than 50 MB; split it")
     try:
@@ -234,6 +244,9 @@ def cmd_sample(args) -> int:
         return _fail("give at least one --prompt or a --prompt-file", EXIT_USAGE)
     if any(not p.strip() for p in prompts):
         return _fail("empty prompt; give some text (an empty prompt is the unconditional model)", EXIT_USAGE)
+    undecodable = [p for p in prompts if any("\ud800" <= c <= "\udfff" for c in p)]
+    if undecodable:  # argv bytes that were not UTF-8 arrive as lone surrogates
+        return _fail(f"prompt {undecodable[0]!r} is not valid UTF-8 text; pass UTF-8", EXIT_USAGE)
     if (args.steps is not None and args.steps <= 0) or args.num_per_prompt <= 0:
         return _fail("--steps and --num-per-prompt must be positive", EXIT_USAGE)
     if args.eta is not None and not 0 <= args.eta <= 1:
@@ -320,8 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # unwritable output, a folder where a file is expected, a full disk...
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         return _fail(f"{e.strerror or e}{where}; check the path and its permissions")
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
+    except KeyboardInterrupt as e:  # training's TrainingInterrupted carries its message and 128 + signal
+        return _fail(str(e) or "interrupted", getattr(e, "exit_code", 130))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -199,6 +199,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         raise _wrong_type(key, tp, value)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value != value or value in (float("inf"), float("-inf")):
+                # `lr=.nan` would pass every `x > 0` check below and poison training.
+                raise ConfigError(f"config key '{key}' expects a finite number, got {value}")
             return float(value)
         raise _wrong_type(key, tp, value)
     if tp is str:

@@ -1,5 +1,7 @@
 """Shared training plumbing, written once: accelerate, accumulation, clipping, EMA,
-full-state checkpoints with resume, inference snapshots, stats and sample grids.
+full-state checkpoints with resume, inference snapshots, stats and sample grids, and the
+reliability guards of docs/reliability.md (crash-safe checkpoints, SIGTERM/SIGINT,
+non-finite steps, the reward-hacking alarm).
 
 A method (trainers/r0.py, ...) subclasses `Trainer` and implements `train_step`, which
 returns `(loss, metrics)` for one micro-batch drawn from its own per-step generator.
@@ -8,15 +10,22 @@ Run directory layout:
     config.yaml                 resolved config
     stats.jsonl                 one line per logged iteration
     samples/step_000100.png     grids at fixed prompts and seeds
-    checkpoints/step_000100/    full resumable state: model, ema, optimizer, counters
+    checkpoints/step_000100/    full resumable state: model, ema, optimizer, counters;
+                                state.json (written last) lists every file's sha256
+    checkpoints/corrupt_step_*  checkpoints that failed verification, set aside on resume
+    hacking_alarm.json          only when the reward-hacking alarm fired
     final/                      inference snapshot: generator.safetensors + generator.json + config.yaml
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,10 +34,31 @@ from tqdm.auto import tqdm
 
 from ..config import save_config
 from ..config.schema import TrainConfig
-from ..utils.io import (AssetError, atomic_save_safetensors, atomic_write_bytes, copy_weights_, load_safetensors,
-                        torch_load_safe, torch_save_bytes)
+from ..utils.io import (AssetError, atomic_save_safetensors, atomic_write_bytes, copy_weights_, fsync_dir,
+                        load_safetensors, remove_tree, sha256_file, torch_load_safe, torch_save_bytes)
 from ..utils.seeding import derived_generator
-from ..utils.stats import StatsLogger
+from ..utils.stats import StatsLogger, read_jsonl
+from .alarm import RewardHackingAlarm
+
+CHECKPOINT_FORMAT = 2  # 2: state.json lists files with sha256; 1 (no "files"): accepted on resume
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGTERM/SIGINT during `fit`: the current iteration finished and a checkpoint was saved.
+
+    A KeyboardInterrupt so that generic `except Exception` handlers do not swallow it;
+    `exit_code` is the shell convention 128 + signal number (130 SIGINT, 143 SIGTERM).
+    """
+
+    def __init__(self, signum: int, iteration: int, checkpoint: Path):
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {name} at iteration {iteration}; checkpoint saved in '{checkpoint}'; "
+                         "run the same command again to resume")
+        self.exit_code = 128 + signum
+
+
+class NonFiniteError(ValueError):
+    """Too many consecutive steps with a non-finite loss or gradient (one-line message)."""
 
 
 class Trainer:
@@ -41,6 +71,12 @@ class Trainer:
         self.out = Path(out_dir)
         self.iteration = 0
         self.train_seconds = 0.0  # wall-clock spent in training iterations, carried across resumes
+        self.skipped_steps = 0  # iterations whose update was skipped (non-finite loss/gradient)
+        self.consecutive_skips = 0
+        patience = getattr(cfg, "alarm_patience", 0)
+        self.alarm = RewardHackingAlarm(patience) if patience > 0 else None
+        self._alarm_sum, self._alarm_count = 0.0, 0  # training reward since the last evaluation
+        self._signal: int | None = None
 
     # ------------------------------------------------------------ to implement
     def train_step(self, g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
@@ -61,6 +97,35 @@ class Trainer:
         """Optional: held-out metrics of the current weights, logged with a `track/` prefix."""
         return {}
 
+    def train_reward(self, metrics: dict[str, float]) -> float | None:
+        """The training reward of one iteration, for the reward-hacking alarm.
+
+        Default: the mean of the `reward/<name>` metrics (CompositeReward's per-reward means);
+        None when there are none (the alarm then stays silent).
+        """
+        values = [v for k, v in metrics.items() if k.startswith("reward/")]
+        return sum(values) / len(values) if values else None
+
+    def heldout_score(self, tracked: dict[str, float]) -> float | None:
+        """Held-out score (higher is better) from `track()`'s output, for the alarm.
+
+        Default: `heldout_score` if the trainer reports one (e.g. a held-out reward at scale),
+        else the mean of the world's per-level inspector accuracies `acc_*`; None if neither.
+        """
+        if "heldout_score" in tracked:
+            return float(tracked["heldout_score"])
+        acc = [v for k, v in tracked.items() if k.startswith("acc_")]
+        return sum(acc) / len(acc) if acc else None
+
+    def step_generator(self, micro: int) -> torch.Generator:
+        """The generator of micro-batch `micro` of the current iteration (per rank, per step).
+
+        Depends only on (seed, rank, iteration, micro), which is what makes resume bitwise
+        equal to a straight run. Overridable (benchmarks/distributed_check.py emulates two
+        ranks' streams in one process with it).
+        """
+        return derived_generator(self._rank_seed(), "train", self.iteration * self.cfg.grad_accum + micro)
+
     # ------------------------------------------------------------ plumbing
     def setup(self) -> None:
         from accelerate import Accelerator
@@ -72,6 +137,13 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                                            weight_decay=cfg.optim.weight_decay)
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if self.accelerator.num_processes > 1:
+            # DDP's gradient hooks only fire when the forward pass goes through its wrapper, but
+            # trainers call the backbone's network directly (the generator unrolls it K times):
+            # measured, the ranks drifted apart (benchmarks/distributed_check.py). So the engine
+            # averages gradients itself (_all_reduce_gradients) and keeps the plain module; the
+            # DDP construction above has already broadcast rank 0's weights to every rank.
+            self.model = self.accelerator.unwrap_model(self.model)
         self.ema = None
         if cfg.ema_decay > 0:
             self.ema = {n: p.detach().clone() for n, p in self._unwrapped().named_parameters() if p.requires_grad}
@@ -91,68 +163,234 @@ class Trainer:
         a = self.accelerator
         return self.cfg.seed * a.num_processes + a.process_index
 
+    @torch.no_grad()
+    def _all_reduce_gradients(self, bucket_elements: int = 1 << 24) -> None:
+        """Average the trainable gradients over ranks (no-op on one process).
+
+        Missing gradients count as zeros so every rank reduces the same tensors in the same
+        order (a mismatch would hang); buckets bound the temporary memory.
+        """
+        n = self.accelerator.num_processes
+        if n == 1:
+            return
+        import torch.distributed as dist
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        bucket: list[torch.Tensor] = []
+        size = 0
+        for i, p in enumerate(params):
+            bucket.append(p.grad)
+            size += p.grad.numel()
+            if size >= bucket_elements or i == len(params) - 1:
+                flat = torch.cat([g.flatten() for g in bucket])
+                dist.all_reduce(flat)
+                flat /= n
+                offset = 0
+                for g in bucket:
+                    g.copy_(flat[offset:offset + g.numel()].view_as(g))
+                    offset += g.numel()
+                bucket, size = [], 0
+
+    def _any_rank(self, flag: bool) -> bool:
+        """True if `flag` is true on any process: every rank must take the same branch
+        (skip a step, stop) or the next collective hangs."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    # ------------------------------------------------------------ signals
+    def _install_signal_handlers(self) -> dict:
+        """SIGTERM/SIGINT only set a flag: the loop finishes the iteration, checkpoints and
+        raises TrainingInterrupted. The first signal restores the previous handlers, so a
+        second Ctrl-C interrupts at once (checkpoint writes are atomic either way)."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}  # signal handlers can only be set from the main thread
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+        def handler(signum, frame):
+            self._signal = signum
+            for s, h in previous.items():
+                signal.signal(s, h)
+            if self.accelerator.is_main_process:
+                print(f"train: {signal.Signals(signum).name} received; finishing iteration {self.iteration + 1}, "
+                      "then checkpointing and stopping", file=sys.stderr, flush=True)
+
+        for s in previous:
+            signal.signal(s, handler)
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict) -> None:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+    # ------------------------------------------------------------ training loop
     def fit(self) -> Path:
         cfg, acc = self.cfg, self.accelerator
         self.out.mkdir(parents=True, exist_ok=True)
+        self.maybe_resume()  # first: a failed resume must leave the run folder as it was
         if acc.is_main_process:
             save_config(cfg, self.out / "config.yaml")
-        self.maybe_resume()
-        logger = StatsLogger(self.out / "stats.jsonl" if acc.is_main_process else None,
-                             console=False)
+        previous_handlers = self._install_signal_handlers()
+        try:
+            self._loop()
+        finally:
+            self._restore_signal_handlers(previous_handlers)
+        return self.save_snapshot()
+
+    def _loop(self) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        logger = StatsLogger(self.out / "stats.jsonl" if acc.is_main_process else None, console=False)
         bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=f"train {cfg.method}", unit="it",
                    dynamic_ncols=True, disable=not acc.is_main_process)
-        if self.iteration == 0 and acc.is_main_process:
-            self.sample_grid(self.out / "samples" / "step_000000.png")
-            if cfg.track_every:
-                logger.log(0, {f"track/{k}": v for k, v in self.track().items()})
-        while self.iteration < cfg.iterations:
-            started = time.perf_counter()
-            metrics: dict[str, float] = {}
-            for micro in range(cfg.grad_accum):
-                g = derived_generator(self._rank_seed(), "train", self.iteration * cfg.grad_accum + micro)
-                with acc.accumulate(self.model):
-                    loss, m = self.train_step(g)
-                    acc.backward(loss)
-                    if acc.sync_gradients:
-                        # Returns the pre-clipping total norm; an infinite bound only measures it.
-                        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-                        m["grad_norm/params"] = float(acc.clip_grad_norm_(self.model.parameters(), max_norm))
-                    self.optimizer.step()
+        try:
+            if self.iteration == 0 and acc.is_main_process:
+                self.sample_grid(self.out / "samples" / "step_000000.png")
+                if cfg.track_every:
+                    logger.log(0, {f"track/{k}": v for k, v in self.track().items()})
+            while self.iteration < cfg.iterations:
+                started = time.perf_counter()
+                metrics, stepped = self._iteration()
+                self._after_step(stepped, metrics)
+                self.iteration += 1
+                self.train_seconds += time.perf_counter() - started
+                bar.update(1)
+                if self.consecutive_skips >= cfg.max_consecutive_skips:
+                    logger.log(self.iteration, metrics)
+                    raise NonFiniteError(
+                        f"{self.consecutive_skips} consecutive iterations (up to {self.iteration}) had a non-finite "
+                        f"loss or gradient; stopped without saving; the last good checkpoint is "
+                        f"'{self._newest_checkpoint()}'; lower optim.lr, check the rewards, or raise "
+                        "max_consecutive_skips")
+                if self._any_rank(self._signal is not None):
+                    # Stop first, evaluate never: the signal sender is waiting (60 s budget).
+                    logger.log(self.iteration, metrics)
+                    self.save_checkpoint()
+                    signum = self._signal if self._signal is not None else signal.SIGTERM
+                    raise TrainingInterrupted(signum, self.iteration, self._newest_checkpoint())
+                # A wall-clock budget (equal-time comparisons in `rzero bench`) ends the run like the
+                # last iteration does. Tracking time is not counted: it is evaluation, not training.
+                out_of_time = 0 < cfg.time_budget_s <= self.train_seconds
+                last = self.iteration == cfg.iterations or out_of_time
+                tracking = cfg.track_every > 0 and (self.iteration % cfg.track_every == 0 or last)
+                if tracking and acc.is_main_process:
+                    tracked = self.track()
+                    metrics.update({f"track/{k}": v for k, v in tracked.items()})
+                    metrics.update(self._check_alarm(tracked))
+                if tracking or self.iteration % cfg.log_every == 0 or last:
+                    logger.log(self.iteration, metrics)
+                    bar.set_postfix({k.split("/")[-1][:10]: f"{v:.3g}" for k, v in list(metrics.items())[:4]})
+                if acc.is_main_process and self.iteration % cfg.sample_every == 0:
+                    self.sample_grid(self.out / "samples" / f"step_{self.iteration:06d}.png")
+                if self.iteration % cfg.checkpoint_every == 0 or last:
+                    self.save_checkpoint()
+                if out_of_time:
+                    print(f"train: time budget of {cfg.time_budget_s:g} s used up at iteration {self.iteration}")
+                    break
+        finally:
+            bar.close()
+            logger.close()
+
+    def _iteration(self) -> tuple[dict[str, float], bool]:
+        """One optimizer iteration over `grad_accum` micro-batches; returns (metrics, stepped).
+
+        A non-finite loss (any micro-batch, any rank) or gradient norm skips the optimizer
+        step. backward() still runs on every rank so DDP's gradient all-reduce stays in step.
+        """
+        cfg, acc = self.cfg, self.accelerator
+        metrics: dict[str, float] = {}
+        finite, stepped = True, False
+        for micro in range(cfg.grad_accum):
+            g = self.step_generator(micro)
+            with acc.accumulate(self.model):
+                loss, m = self.train_step(g)
+                finite = finite and bool(torch.isfinite(loss.detach()).all())
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    self._all_reduce_gradients()
+                    # Returns the pre-clipping total norm; an infinite bound only measures it.
+                    max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+                    m["grad_norm/params"] = float(acc.clip_grad_norm_(self.model.parameters(), max_norm))
+                    finite = finite and math.isfinite(m["grad_norm/params"])
+                    if not self._any_rank(not finite):
+                        self.optimizer.step()
+                        stepped = True
                     self.optimizer.zero_grad(set_to_none=True)
-                for k, v in m.items():
-                    metrics[k] = metrics.get(k, 0.0) + v / cfg.grad_accum
-                metrics["loss"] = metrics.get("loss", 0.0) + float(loss.detach()) / cfg.grad_accum
+            for k, v in m.items():
+                metrics[k] = metrics.get(k, 0.0) + v / cfg.grad_accum
+            metrics["loss"] = metrics.get("loss", 0.0) + float(loss.detach()) / cfg.grad_accum
+        return metrics, stepped
+
+    def _after_step(self, stepped: bool, metrics: dict[str, float]) -> None:
+        """EMA and the skip counters; the skipped iteration's metrics are not fed to the alarm."""
+        if stepped:
             self._update_ema()
-            self.iteration += 1
-            self.train_seconds += time.perf_counter() - started
-            bar.update(1)
-            # A wall-clock budget (equal-time comparisons in `rzero bench`) ends the run like the
-            # last iteration does. Tracking time is not counted: it is evaluation, not training.
-            out_of_time = 0 < cfg.time_budget_s <= self.train_seconds
-            last = self.iteration == cfg.iterations or out_of_time
-            tracking = cfg.track_every > 0 and (self.iteration % cfg.track_every == 0 or last)
-            if tracking and acc.is_main_process:
-                metrics.update({f"track/{k}": v for k, v in self.track().items()})
-            if tracking or self.iteration % cfg.log_every == 0 or last:
-                logger.log(self.iteration, metrics)
-                bar.set_postfix({k.split("/")[-1][:10]: f"{v:.3g}" for k, v in list(metrics.items())[:4]})
-            if acc.is_main_process and self.iteration % cfg.sample_every == 0:
-                self.sample_grid(self.out / "samples" / f"step_{self.iteration:06d}.png")
-            if self.iteration % cfg.checkpoint_every == 0 or last:
-                self.save_checkpoint()
-            if out_of_time:
-                print(f"train: time budget of {cfg.time_budget_s:g} s used up at iteration {self.iteration}")
-                break
-        bar.close()
-        logger.close()
-        return self.save_snapshot()
+            self.consecutive_skips = 0
+            reward = self.train_reward(metrics)
+            if reward is not None and math.isfinite(reward):
+                self._alarm_sum += reward
+                self._alarm_count += 1
+        else:
+            self.skipped_steps += 1
+            self.consecutive_skips += 1
+            if self.accelerator.is_main_process:
+                print(f"train: warning: iteration {self.iteration + 1} skipped (non-finite loss or gradient; "
+                      f"{self.consecutive_skips} in a row, {self.skipped_steps} in total)", file=sys.stderr, flush=True)
+        metrics["skipped_steps"] = self.skipped_steps
+
+    def _check_alarm(self, tracked: dict[str, float]) -> dict[str, float]:
+        """Feed the alarm one (train reward since last evaluation, held-out score) pair."""
+        if self.alarm is None:
+            return {}
+        heldout = self.heldout_score(tracked)
+        train = self._alarm_sum / self._alarm_count if self._alarm_count else None
+        self._alarm_sum, self._alarm_count = 0.0, 0
+        if heldout is None or train is None:
+            return {}
+        fired = self.alarm.update(self.iteration, train, heldout)
+        if fired:
+            print(f"train: WARNING reward-hacking alarm at iteration {self.iteration}: the training reward rose "
+                  f"while the held-out score fell for {self.alarm.streak} evaluations in a row "
+                  f"(train {train:.4g}, held-out {heldout:.4g}); see {self.out / 'hacking_alarm.json'}",
+                  file=sys.stderr, flush=True)
+            report = {"patience": self.alarm.patience, "events": self.alarm.events}
+            atomic_write_bytes(self.out / "hacking_alarm.json", (json.dumps(report, indent=2) + "\n").encode())
+        return {"alarm/hacking": float(fired), "alarm/streak": float(self.alarm.streak)}
 
     # ------------------------------------------------------------ checkpoints
     def _ckpt_dir(self) -> Path:
         return self.out / "checkpoints"
 
+    def _checkpoints(self) -> list[Path]:
+        """Checkpoint folders `step_<digits>`, oldest first (temporary and set-aside ones excluded)."""
+        found = [p for p in self._ckpt_dir().glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
+        return sorted(found, key=lambda p: int(p.name[5:]))
+
+    def _newest_checkpoint(self) -> Path | str:
+        ckpts = self._checkpoints()
+        return ckpts[-1] if ckpts else "(none)"
+
+    def _counters(self) -> dict:
+        return {"iteration": self.iteration, "train_seconds": self.train_seconds,
+                "skipped_steps": self.skipped_steps, "consecutive_skips": self.consecutive_skips,
+                "alarm": self.alarm.state_dict() if self.alarm is not None else None,
+                "alarm_accumulator": [self._alarm_sum, self._alarm_count],
+                "hacking_alarm": bool(self.alarm is not None and self.alarm.fired)}
+
     def save_checkpoint(self) -> None:
-        """Full state into a temporary folder, then one atomic rename; keep the newest N."""
+        """Full state into a temporary folder, then one atomic rename; keep the newest N.
+
+        Every file is written with fsync; state.json goes last and lists each file's sha256,
+        so a folder named `step_*` is complete by construction and verifiable on resume.
+        Rank 0 writes; every rank waits at a barrier before and after.
+        """
         acc = self.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -169,36 +407,122 @@ class Trainer:
             extra = self.extra_state()
             if extra:
                 atomic_write_bytes(tmp / "extra.pt", torch_save_bytes({k: v.state_dict() for k, v in extra.items()}))
-            atomic_write_bytes(tmp / "state.json", json.dumps({"iteration": self.iteration, "train_seconds": self.train_seconds}).encode())
-            shutil.rmtree(final, ignore_errors=True)
+            files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+            state = {"format": CHECKPOINT_FORMAT, **self._counters(), "files": files}
+            atomic_write_bytes(tmp / "state.json", (json.dumps(state, indent=1) + "\n").encode())
+            remove_tree(final)  # only when re-saving the same step; never half-deleted under its name
             os.replace(tmp, final)
-            kept = sorted(p for p in self._ckpt_dir().glob("step_*") if p.is_dir())
-            for old in kept[: -self.cfg.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+            fsync_dir(self._ckpt_dir())
+            for old in self._checkpoints()[: -self.cfg.keep_checkpoints]:
+                remove_tree(old)
         acc.wait_for_everyone()
 
+    @staticmethod
+    def verify_checkpoint(path: Path) -> tuple[dict | None, str]:
+        """(state, "") if `path` is a complete checkpoint, else (None, the reason in a few words)."""
+        try:
+            state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None, "no state.json (incomplete)"
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return None, f"state.json is not valid JSON ({e.__class__.__name__})"
+        if not isinstance(state, dict) or not isinstance(state.get("iteration"), int):
+            return None, "state.json has no integer 'iteration'"
+        files = state.get("files")
+        if files is None:  # format 1 (before sha256 lists): check presence only
+            files = {"model.safetensors": None, "optimizer.pt": None}
+        if not isinstance(files, dict):
+            return None, "state.json 'files' is not a mapping"
+        for name, digest in files.items():
+            f = path / name
+            if not f.is_file():
+                return None, f"{name} is missing"
+            if digest is not None and sha256_file(f) != digest:
+                return None, f"{name} does not match its sha256 (truncated or modified)"
+        return state, ""
+
     def maybe_resume(self) -> None:
-        ckpts = sorted(p for p in self._ckpt_dir().glob("step_*") if (p / "state.json").is_file())
+        """Resume from the newest complete checkpoint, if any.
+
+        Policy (docs/reliability.md): a newest checkpoint that fails verification is skipped
+        with a warning and set aside as `corrupt_step_*` only if an older complete one exists;
+        if none is usable the run stops with a one-line AssetError (never silently restarts
+        from scratch over a corrupt checkpoint). Every rank verifies the same files, so every
+        rank resumes from the same checkpoint.
+        """
+        acc = self.accelerator
+        ckpts = self._checkpoints()
         if not ckpts:
             return
-        last = ckpts[-1]
-        try:
-            state = json.loads((last / "state.json").read_text())
-            trainable = {n: p for n, p in self._unwrapped().named_parameters() if p.requires_grad}
-            copy_weights_(trainable, load_safetensors(last / "model.safetensors"), last / "model.safetensors")
-            if self.ema is not None and (last / "ema.safetensors").is_file():
-                self.ema = load_safetensors(last / "ema.safetensors")
-            self.optimizer.load_state_dict(torch_load_safe(last / "optimizer.pt"))
-            extra = self.extra_state()
-            if extra:
-                saved = torch_load_safe(last / "extra.pt")
-                for k, v in extra.items():
-                    v.load_state_dict(saved[k])
-        except (json.JSONDecodeError, KeyError) as e:
-            raise AssetError(f"checkpoint '{last}' is corrupt ({e}); delete it to resume from the previous one") from e
+        skipped: list[tuple[Path, str]] = []
+        chosen, state = None, None
+        for cand in reversed(ckpts):
+            state, reason = self.verify_checkpoint(cand)
+            if state is None:
+                skipped.append((cand, reason))
+                continue
+            try:
+                self._load_checkpoint(cand)
+            except AssetError as e:
+                skipped.append((cand, str(e)))
+                continue
+            chosen = cand
+            break
+        if chosen is None:
+            newest, reason = skipped[0]
+            raise AssetError(f"checkpoint '{newest}' is unusable ({reason}) and no older complete checkpoint exists; "
+                             f"move '{self._ckpt_dir()}' away to start over")
+        acc.wait_for_everyone()  # every rank has read its files before rank 0 renames anything
+        if acc.is_main_process:
+            for bad, reason in skipped:
+                aside = bad.with_name(f"corrupt_{bad.name}")
+                remove_tree(aside)
+                os.replace(bad, aside)
+                print(f"train: warning: skipped checkpoint '{bad}' ({reason}); moved to '{aside}'",
+                      file=sys.stderr, flush=True)
+            for leftover in [*self._ckpt_dir().glob(".tmp_step_*"), *self._ckpt_dir().glob(".trash_*")]:
+                shutil.rmtree(leftover, ignore_errors=True)  # from a crash mid-save / mid-rotation
         self.iteration = int(state["iteration"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
-        print(f"train: resumed from {last} at iteration {self.iteration}")
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.consecutive_skips = int(state.get("consecutive_skips", 0))
+        if self.alarm is not None and state.get("alarm"):
+            self.alarm.load_state_dict(state["alarm"])
+        self._alarm_sum, self._alarm_count = state.get("alarm_accumulator") or (0.0, 0)
+        if acc.is_main_process:
+            self._truncate_stats()
+        acc.wait_for_everyone()
+        print(f"train: resumed from {chosen} at iteration {self.iteration}")
+
+    def _load_checkpoint(self, path: Path) -> None:
+        """Load every piece of a verified checkpoint (weights, EMA, optimizer, extra state)."""
+        trainable = {n: p for n, p in self._unwrapped().named_parameters() if p.requires_grad}
+        copy_weights_(trainable, load_safetensors(path / "model.safetensors"), path / "model.safetensors")
+        if self.ema is not None and (path / "ema.safetensors").is_file():
+            self.ema = load_safetensors(path / "ema.safetensors")
+        try:
+            self.optimizer.load_state_dict(torch_load_safe(path / "optimizer.pt"))
+            extra = self.extra_state()
+            if extra:
+                saved = torch_load_safe(path / "extra.pt")
+                for k, v in extra.items():
+                    v.load_state_dict(saved[k])
+        except (KeyError, ValueError, RuntimeError) as e:
+            if isinstance(e, AssetError):
+                raise
+            raise AssetError(f"'{path}' does not fit this run's optimizer/state ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''})") from e
+
+    def _truncate_stats(self) -> None:
+        """Drop stats rows logged after the resumed checkpoint: those iterations run again."""
+        path = self.out / "stats.jsonl"
+        if not path.is_file():
+            return
+        rows = read_jsonl(path)
+        keep = [r for r in rows if int(r.get("step", 0)) <= self.iteration]
+        if len(keep) != len(rows) or not path.read_bytes().endswith(b"\n") and path.stat().st_size:
+            text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in keep)
+            atomic_write_bytes(path, text.encode())
 
     def save_snapshot(self) -> Path:
         """Inference snapshot: EMA weights (or the raw ones) + what is needed to sample."""
@@ -209,8 +533,10 @@ class Trainer:
             weights = self.ema if self.ema is not None else {n: p for n, p in model.named_parameters() if p.requires_grad}
             atomic_save_safetensors(weights, final / "generator.safetensors")
             meta = {"method": self.cfg.method, "backbone": self.cfg.backbone, "iteration": self.iteration,
-                    "train_seconds": round(self.train_seconds, 3),
+                    "train_seconds": round(self.train_seconds, 3), "skipped_steps": self.skipped_steps,
                     **self.snapshot_meta()}
+            if self.alarm is not None and self.alarm.fired:
+                meta["hacking_alarm"] = self.alarm.events
             atomic_write_bytes(final / "generator.json", (json.dumps(meta, indent=2) + "\n").encode())
             save_config(self.cfg, final / "config.yaml")
         return final

@@ -20,7 +20,9 @@ __all__ = [
     "AssetError",
     "atomic_save_safetensors",
     "atomic_write_bytes",
+    "fsync_dir",
     "load_safetensors",
+    "remove_tree",
     "sha256_file",
     "torch_load_safe",
 ]
@@ -35,6 +37,29 @@ def _brief(exc: BaseException, limit: int = 160) -> str:
     lines = str(exc).strip().splitlines()
     text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def fsync_dir(directory: str | Path) -> None:
+    """fsync a directory so that renames/creations inside it survive a power loss."""
+    _fsync_dir(Path(directory))
+
+
+def remove_tree(path: str | Path) -> None:
+    """Delete a folder so that no half-deleted copy is ever left under its name.
+
+    It is first renamed to a hidden `.trash_<name>` sibling (atomic), then deleted: a crash
+    mid-way leaves only the trash folder, which callers clean up on their next start.
+    """
+    import shutil
+
+    p = Path(path)
+    if not p.exists():
+        return
+    trash = p.with_name(f".trash_{p.name}")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(p, trash)
+    _fsync_dir(p.parent)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _fsync_dir(directory: Path) -> None:
