@@ -1,0 +1,112 @@
+"""`rzero bench`: plan, claim rules and the report, on synthetic eval.json files (no training here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rzero.bench import (ABLATIONS, TABLE, BenchSettings, claims, compare, load_results, majority_verdict,
+                         make_jobs, plan_text, write_report, _convergence_verdict)
+from rzero.cli.main import main
+
+
+def test_plan_counts_runs_and_fits_the_budgets():
+    full, quick = BenchSettings.full(), BenchSettings.quick()
+    jobs = make_jobs(full)
+    assert len(jobs) == full.seeds * len(TABLE) + full.ablation_seeds * len(ABLATIONS)
+    assert len({j.run_name for j in jobs}) == len(jobs)
+    assert sum(j.preset is None for j in jobs) == full.seeds  # the teacher is only evaluated
+    text, wall = plan_text(jobs, full)
+    assert "27 training runs" in text and wall <= 80 * 60
+    assert plan_text(make_jobs(quick), quick)[1] <= 10 * 60
+    assert full.seeds >= 3
+    with pytest.raises(ValueError, match="unknown method"):
+        make_jobs(full, ["nope"])
+
+
+def test_compare_uses_standard_errors_and_tolerances():
+    assert compare([0.5, 0.52, 0.51], [0.3, 0.31, 0.29], "acc_L4") == 1
+    assert compare([0.3, 0.31, 0.29], [0.5, 0.52, 0.51], "acc_L4") == -1
+    assert compare([0.5, 0.1, 0.9], [0.4, 0.45, 0.5], "acc_L4") == 0  # noisy: within 2 SE
+    assert compare([0.50], [0.49], "acc_L4") == 0  # within the 0.02 tolerance
+    assert compare([10.0], [20.0], "world_fid") == 1  # lower FID is better
+    assert compare([], [1.0], "acc_L4") == 0
+
+
+def test_majority_verdict():
+    assert majority_verdict([1, 1, 0]) == "confirmed"
+    assert majority_verdict([1, -1, 1]) == "mixed"
+    assert majority_verdict([-1, 0]) == "refuted"
+    assert majority_verdict([0, 0]) == "mixed"
+
+
+def test_convergence_rule():
+    r0 = [{"tracked": [[0, 0.1, 5.0], [50, 0.3, 4.0], [100, 0.5, 3.0]]}]
+    fast = [{"tracked": [[0, 0.1, 5.0], [50, 0.6, 3.0]]}]
+    slow = [{"tracked": [[0, 0.1, 5.0], [50, 0.2, 3.0], [100, 0.4, 3.0]]}]
+    assert _convergence_verdict(r0, fast)[0] == "confirmed"
+    assert _convergence_verdict(r0, slow)[0] == "refuted"
+    flat = [{"tracked": [[0, 0.1, 5.0], [100, 0.1, 5.0]]}]
+    assert _convergence_verdict(flat, fast)[0] == "mixed"
+
+
+def _fake_result(name, seed, acc, fid, judge, group="table", tracked_slope=0.001):
+    r = {"name": name, "label": name, "group": group, "seed": seed, "preset": None, "overrides": [],
+         "train_seconds": 10.0, "iterations": 100, "nfe": 4, "ms_per_image": 1.0, "diversity": 1.0,
+         "world_fid": fid, "acc_heldout": acc, "reward_world_clip": 0.5, "reward_world_judge": judge,
+         "reward_world_quality": -5.0, "train_reward_world_judge": judge,
+         "tracked": [[s, 0.1 + tracked_slope * s, fid] for s in (0, 50, 100)],
+         "diagnostics": [[0, -0.5, 0.2, 0.1], [10, -0.4, 0.1, 0.05]]}
+    for lv in (1, 2, 3, 4):
+        r[f"acc_L{lv}"] = acc
+    return r
+
+
+def _write_runs(out: Path, spec: dict[str, tuple[float, float, float]], seeds=3):
+    for name, (acc, fid, judge) in spec.items():
+        for seed in range(seeds if not name.startswith("abl_") else 1):
+            d = out / "runs" / f"{name}_s{seed}"
+            d.mkdir(parents=True)
+            noise = 0.002 * seed
+            (d / "eval.json").write_text(json.dumps(_fake_result(name, seed, acc + noise, fid, judge + noise,
+                                                                 tracked_slope=0.004 if name == "r0plus" else 0.002)))
+
+
+def test_report_from_json_and_claim_verdicts(tmp_path):
+    spec = {"teacher": (0.3, 10.0, 0.5), "r0": (0.5, 12.0, 0.7), "r0plus": (0.55, 12.0, 0.72),
+            "distar": (0.2, 30.0, 0.6), "dipp1": (0.2, 30.0, 0.6), "dipp4": (0.3, 25.0, 0.6),
+            "r0_noreg": (0.2, 40.0, 0.9), "abl_nonorm": (0.3, 14.0, 0.6), "abl_rew1": (0.4, 20.0, 0.8)}
+    _write_runs(tmp_path / "bench", spec)
+    res = load_results(tmp_path / "bench")
+    assert len(res["r0"]) == 3 and res["r0"][0]["acc_mean"] == pytest.approx(0.5)
+    verdicts = {c[:3]: v for c, v, _ in claims(res)}
+    assert verdicts == {"(1)": "confirmed", "(2)": "confirmed", "(3)": "confirmed", "(4)": "confirmed",
+                        "(5)": "confirmed", "(6)": "confirmed"}
+    # Flip R0 below DI++: claim 2 must turn.
+    spec["dipp4"] = (0.8, 5.0, 0.9)
+    _write_runs(tmp_path / "bench2", spec)
+    assert dict((c[:3], v) for c, v, _ in claims(load_results(tmp_path / "bench2")))["(2)"] == "refuted"
+
+    path = write_report(tmp_path / "bench", tmp_path / "docs")
+    text = path.read_text()
+    assert "## Table 1 analogue" in text and "| R0, 4 steps | 3 |" in text
+    assert "0.502 ± 0.002" in text  # mean ± std over the three seeds of R0's acc_L1
+    assert text.count("**confirmed**") == 6
+    assert (tmp_path / "docs" / "bench_curves.png").stat().st_size > 1000
+    assert (tmp_path / "docs" / "bench_diagnostics.png").is_file()
+
+
+def test_cli_report_without_runs_is_one_line_error(tmp_path, capsys):
+    rc = main(["bench", "--report", "--out", str(tmp_path / "none"), "--docs", str(tmp_path / "docs")])
+    assert rc != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rzero: error: no finished runs") and "\n" not in err
+
+
+def test_cli_dry_run_prints_plan(capsys):
+    assert main(["bench", "--quick", "--dry-run", "--time-budget", "7", "--jobs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "7 s training" in out and "over 1 parallel job" in out
+    assert main(["bench", "--dry-run", "--jobs", "0"]) != 0
