@@ -46,7 +46,9 @@ class ToyTrainer(Trainer):
     def __init__(self, cfg, out, asset_dir=None, nan_at=(), inf_grad_at=(), sleep=0.0, tracker=None):
         super().__init__(cfg, out)
         torch.manual_seed(cfg.seed)
-        self.model = torch.nn.Linear(4, 1)
+        # Like R0 (which runs backbone.unet), train_step calls the raw module, never the
+        # DDP wrapper: gradient averaging must not depend on DDP's forward hooks.
+        self.net = self.model = torch.nn.Linear(4, 1)
         self.nan_at, self.inf_grad_at, self.sleep, self.tracker = set(nan_at), set(inf_grad_at), sleep, tracker
         self.setup()
 
@@ -54,7 +56,7 @@ class ToyTrainer(Trainer):
         if self.sleep:
             time.sleep(self.sleep)
         x = torch.randn(8, 4, generator=g)
-        pred = self.model(x)
+        pred = self.net(x)
         if self.iteration in self.inf_grad_at:
             pred = _InfGrad.apply(pred)
         loss = (pred - x.sum(1, keepdim=True)).pow(2).mean()
@@ -447,3 +449,45 @@ def test_training_interrupted_message_and_code(tmp_path):
     e = TrainingInterrupted(signal.SIGTERM, 7, tmp_path / "step_000007")
     assert e.exit_code == 143 and "SIGTERM" in str(e) and "iteration 7" in str(e) and "\n" not in str(e)
     assert isinstance(e, KeyboardInterrupt)
+
+
+# ------------------------------------------------------------------ distributed (2 CPU processes)
+
+_DDP_SCRIPT = """
+import json, sys
+sys.path[:0] = [{here!r}, {src!r}]
+import torch; torch.set_num_threads(1)
+from test_reliability import ToyTrainer, toy_cfg
+tr = ToyTrainer(toy_cfg(iterations=4, checkpoint_every=2), sys.argv[1])
+tr.fit()
+w = {{n: p.detach().tolist() for n, p in tr._unwrapped().named_parameters()}}
+json.dump({{"n": tr.accelerator.num_processes, "w": w}}, open(f"{{sys.argv[1]}}/rank{{tr.accelerator.process_index}}.json", "w"))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_both_ranks_batches(tmp_path):
+    """torchrun, 2 CPU processes (gloo) == 1 process accumulating rank 0's and rank 1's micro-batches.
+    (The world-preset version with resume is benchmarks/distributed_check.py.)"""
+    from rzero.utils.seeding import derived_generator
+
+    script = tmp_path / "ddp.py"
+    script.write_text(_DDP_SCRIPT.format(here=str(HERE), src=str(SRC)))
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29541", str(script), str(out)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["n"] == 2 and ranks[0]["w"] == ranks[1]["w"]
+
+    class Emulated(ToyTrainer):
+        def step_generator(self, micro):
+            return derived_generator(self.cfg.seed * 2 + micro, "train", self.iteration)
+
+    emu = Emulated(toy_cfg(iterations=4, checkpoint_every=2, grad_accum=2), tmp_path / "emu")
+    emu.fit()
+    got = {n: p.detach().tolist() for n, p in emu._unwrapped().named_parameters()}
+    for n, v in got.items():
+        assert torch.allclose(torch.tensor(v), torch.tensor(ranks[0]["w"][n]), atol=1e-6, rtol=0), n
