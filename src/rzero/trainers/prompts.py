@@ -1,12 +1,22 @@
-"""Training prompt sources: R0 trains from prompts alone, no images."""
+"""Training prompt sources: R0 trains from prompts alone, no images.
+
+The world draws prompts from its grammar. Real-scale backbones (sd15, sd3) read a UTF-8
+prompt file, one prompt per line (e.g. the HPS v2 training prompts, or your own), and draw
+uniformly from it with the iteration's generator, so a resumed run sees the same prompts.
+Sample grids use fixed prompts: the world's grid prompts, or the file's first lines.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 PromptSource = Callable[[int, torch.Generator], list[str]]
+
+GRID_PROMPTS = 4  # fixed prompts of a real-scale sample grid (each at GRID_SEEDS seeds)
+GRID_SEEDS = 2
 
 
 def world_prompts(n: int, g: torch.Generator) -> list[str]:
@@ -18,7 +28,50 @@ def world_prompts(n: int, g: torch.Generator) -> list[str]:
     return describe(specs, random_templates(n, g))
 
 
-def prompt_source(backbone: str) -> PromptSource:
+def read_prompts(path: str | Path) -> list[str]:
+    """Non-empty, stripped lines of a UTF-8 prompt file; one-line errors for the ways this fails."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ValueError(f"prompt_file '{path}' is a folder; give a text file with one prompt per line")
+    if not p.is_file():
+        raise ValueError(f"prompt_file '{path}' not found; give a UTF-8 text file with one prompt per line")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"prompt_file '{path}' is not UTF-8 text (byte {e.start}); re-save it as UTF-8") from e
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"prompt_file '{path}' has no prompts; write one prompt per line")
+    return prompts
+
+
+class FilePrompts:
+    """Uniform draws (with replacement) from a fixed prompt list: `source(n, g) -> n prompts`."""
+
+    def __init__(self, prompts: list[str]):
+        if not prompts:
+            raise ValueError("FilePrompts needs at least one prompt")
+        self.prompts = list(prompts)
+
+    def __call__(self, n: int, g: torch.Generator) -> list[str]:
+        idx = torch.randint(0, len(self.prompts), (n,), generator=g)
+        return [self.prompts[i] for i in idx.tolist()]
+
+
+def prompt_source(backbone: str, prompt_file: str = "") -> PromptSource:
+    """The world's grammar, or draws from `prompt_file` (required for every other backbone)."""
+    if prompt_file:
+        return FilePrompts(read_prompts(prompt_file))
     if backbone == "world":
         return world_prompts
-    raise ValueError(f"no training prompt source for backbone '{backbone}'")
+    raise ValueError(f"backbone '{backbone}' has no built-in prompts; set prompt_file to a text file with one "
+                     "training prompt per line")
+
+
+def grid_prompts(backbone: str, prompt_file: str = "") -> tuple[list[str], int]:
+    """(prompts, seeds per prompt) of the fixed sample grid shown during training."""
+    if backbone == "world" and not prompt_file:
+        from ..world.prompts import fixed_prompts
+
+        return fixed_prompts()[0], 4
+    return read_prompts(prompt_file)[:GRID_PROMPTS], GRID_SEEDS

@@ -15,16 +15,17 @@ from pathlib import Path
 
 import torch
 
-from ..backbones import make_backbone
 from ..config.schema import TrainConfig
 from ..eval.report import save_grid
 from ..generator import FewStepGenerator
+from ..generator.load import backbone_meta, build_backbone
 from ..losses import WeightRegularizer
+from ..losses.lora import LoraDeltaRegularizer, trainable_denoiser
 from ..rewards import make_reward
 from ..rewards.composite import CompositeReward
 from ..utils.seeding import randn_per_image
 from .engine import Trainer
-from .prompts import prompt_source
+from .prompts import grid_prompts, prompt_source
 
 
 class R0Trainer(Trainer):
@@ -33,9 +34,10 @@ class R0Trainer(Trainer):
         self.asset_dir = asset_dir
         torch.manual_seed(cfg.seed)
         torch.set_num_threads(cfg.threads)
-        self.backbone = backbone if backbone is not None else make_backbone(cfg.backbone, asset_dir=asset_dir)
-        # Only the denoiser trains; the text encoder is outside the module tree entirely.
-        self.model = self.backbone.unet.requires_grad_(True).train()
+        self.backbone = backbone if backbone is not None else build_backbone(cfg, asset_dir)
+        # Only the denoiser trains (all of it, or LoRA adapters on it); text encoders and VAE stay frozen.
+        lora = cfg.lora
+        self.model = trainable_denoiser(self.backbone.unet, lora.rank, lora.alpha, lora.target_modules).train()
         gc = cfg.generator
         self.generator = FewStepGenerator(self.backbone, gc.steps, gc.timesteps or None, gc.renoise,
                                           gc.gradient_checkpointing)
@@ -49,8 +51,11 @@ class R0Trainer(Trainer):
 
             self.cfg_teacher = backbone_with(self.backbone, frozen_copy(self.backbone.unet))
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        self.regularizer = WeightRegularizer(named, cfg.regularization.weight)
-        self.prompts = prompt_source(cfg.backbone)
+        if lora.rank > 0:  # SPEC 1.3: with LoRA the regularizer acts on the LoRA delta
+            self.regularizer = LoraDeltaRegularizer(self.model, cfg.regularization.weight)
+        else:
+            self.regularizer = WeightRegularizer(named, cfg.regularization.weight)
+        self.prompts = prompt_source(cfg.backbone, cfg.prompt_file)
         self.sharpness = None
         if cfg.r0plus.hires_guidance:
             from ..world.loaders import load_world_network
@@ -87,7 +92,8 @@ class R0Trainer(Trainer):
         # 1) Prompts and noise.
         prompts = self.prompts(b, g)
         cond = self.backbone.encode_prompts(prompts)
-        noise = torch.randn((b, *self.backbone.latent_shape), generator=g)
+        device = next(self.model.parameters()).device
+        noise = torch.randn((b, *self.backbone.latent_shape), generator=g).to(device)
         # 2) Random eta keeps the generator a sampler of the image manifold (SPEC 1.1).
         eta = self.generator.sample_eta(b, gc.eta_min, gc.eta_max, gc.eta_per_step, g)
         # 3) Unrolled K-step generation (R0+: stop at a random intermediate step).
@@ -114,17 +120,16 @@ class R0Trainer(Trainer):
 
     @torch.no_grad()
     def sample_grid(self, path: Path) -> None:
-        from ..world.prompts import fixed_prompts
-
-        prompts, _ = fixed_prompts()
-        prompts = [p for p in prompts for _ in range(4)]
-        noise = randn_per_image(self.backbone.latent_shape, 0, range(len(prompts)))
+        prompts, seeds = grid_prompts(self.cfg.backbone, self.cfg.prompt_file)
+        prompts = [p for p in prompts for _ in range(seeds)]
+        device = next(self.model.parameters()).device
+        noise = randn_per_image(self.backbone.latent_shape, 0, range(len(prompts))).to(device)
         was = self.model.training
         self.model.eval()
         images = self.generator.sample(prompts, noise, self.cfg.generator.inference_eta,
                                        generator=torch.Generator().manual_seed(0))
         self.model.train(was)
-        save_grid(images, path, nrow=4, upscale=3)
+        save_grid(images, path, nrow=seeds, upscale=max(1, 96 // images.shape[-1]))
 
     @torch.no_grad()
     def track(self) -> dict[str, float]:
@@ -146,4 +151,4 @@ class R0Trainer(Trainer):
     def snapshot_meta(self) -> dict:
         gc = self.cfg.generator
         return {"steps": gc.steps, "timesteps": [float(t) for t in self.generator.timesteps],
-                "renoise": gc.renoise, "inference_eta": gc.inference_eta}
+                "renoise": gc.renoise, "inference_eta": gc.inference_eta, **backbone_meta(self.cfg)}
