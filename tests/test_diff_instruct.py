@@ -166,3 +166,37 @@ def test_resume_restores_fake_score_and_equals_straight_run(world_assets, tmp_pa
     # psi really moved away from the teacher: the checkpoint holds a trained network, not a copy.
     teacher = straight.ref.unet.state_dict()
     assert any(not torch.equal(fa["net"][k], teacher[k]) for k in fa["net"])
+
+
+# ------------------------------------------------------------------ real-scale backbones (tiny random SD folders)
+
+from tiny_sd import prompt_file, tiny_sd3, tiny_sd15  # noqa: E402,F401  (pytest fixtures)
+
+
+@pytest.mark.slow  # three copies of each tiny SD network; ~1 min idle, far more on a loaded machine
+@pytest.mark.parametrize("kind", ["sd15", "sd3"])
+def test_distar_preset_runs_on_tiny_sd(kind, tiny_sd15, tiny_sd3, prompt_file, tmp_path):  # noqa: F811
+    from rzero.generator import load_generator
+    from rzero.rewards.base import Reward
+    from rzero.trainers import TRAINERS
+
+    class Redness(Reward):
+        name = "redness"
+        uses_prompt = False
+
+        def score(self, images, prompts):
+            return images[:, 0].mean((1, 2))
+
+    path = {"sd15": tiny_sd15, "sd3": tiny_sd3}[kind]
+    cfg = load_config(TrainConfig, CONFIGS / "sd15_distar.yaml", [
+        f"backbone={kind}", f"backbone_path={path}", f"prompt_file={prompt_file}", "backbone_dtype=float32",
+        "mixed_precision='no'", "iterations=2", "batch_size=2", "grad_accum=1", "sample_every=1000", "threads=2",
+        "di.diagnostics_every=1"])
+    tr = TRAINERS["distar"](cfg, tmp_path, rewards={"redness": Redness().freeze()})
+    final = tr.fit()
+    from rzero.utils.stats import read_jsonl
+
+    rows = read_jsonl(tmp_path / "stats.jsonl")
+    assert all(math.isfinite(r["diag/cos_reward_div"]) and r["fake/loss"] > 0 for r in rows)
+    gen, meta = load_generator(final)
+    assert meta["backbone"] == kind and gen.steps == 1 and meta["method"] == "distar"

@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Commands that live in their own module `rzero.cli.<name>`: each has `register(sub)`, which
 # adds its parser and sets `handler` as a default (`p.set_defaults(handler=run)`).
-COMMAND_MODULES: tuple[str, ...] = ("report", "serve")
+COMMAND_MODULES: tuple[str, ...] = ("report", "serve", "export", "bench")
 
 
 def _command_module(name: str):

@@ -32,10 +32,10 @@ from pathlib import Path
 
 import torch
 
-from ..backbones import make_backbone
 from ..config.schema import TrainConfig
 from ..diffusion import broadcast_to
 from ..generator import FewStepGenerator
+from ..generator.load import build_backbone
 from ..losses import huber_push, inject, pseudo_huber
 from ..rewards import make_reward
 from ..rewards.composite import CompositeReward
@@ -54,7 +54,9 @@ class DiffInstructStarTrainer(Trainer):
         torch.manual_seed(cfg.seed)
         torch.set_num_threads(cfg.threads)
         di = cfg.di
-        self.backbone = backbone if backbone is not None else make_backbone(cfg.backbone, asset_dir=asset_dir)
+        if cfg.lora.rank > 0:
+            raise ValueError("DI*/DI++ train the full denoiser; LoRA is not supported for them yet (set lora.rank=0)")
+        self.backbone = backbone if backbone is not None else build_backbone(cfg, asset_dir)
         # Copies before any training: the reference stays the pretrained network, psi starts from it.
         self.ref = backbone_with(self.backbone, frozen_copy(self.backbone.unet))
         self.fake = FakeScore(self.backbone, di.fake_lr, (cfg.optim.beta1, cfg.optim.beta2), di.cond_drop,
@@ -62,9 +64,10 @@ class DiffInstructStarTrainer(Trainer):
         self.model = self.backbone.unet.requires_grad_(True).train()
         self.generator = self.build_generator()
         if rewards is None:
-            rewards = {name: make_reward(name, asset_dir=asset_dir) for name in cfg.reward.names}
+            rewards = {name: make_reward(name, asset_dir=asset_dir, **cfg.reward.options.get(name, {}))
+                       for name in cfg.reward.names}
         self.reward = CompositeReward(rewards, cfg.reward.weights, cfg.reward.normalize_grads, cfg.reward.delta)
-        self.prompts = prompt_source(cfg.backbone)
+        self.prompts = prompt_source(cfg.backbone, cfg.prompt_file)
         self._uncond: dict[int, object] = {}
         self.setup()
         device = next(self._unwrapped().parameters()).device
@@ -155,7 +158,8 @@ class DiffInstructStarTrainer(Trainer):
         prompts = self.prompts(b, g)
         cond = self.backbone.encode_prompts(prompts)
         uncond = self.empty_cond(b)
-        noise = torch.randn((b, *self.backbone.latent_shape), generator=g)
+        device = next(self.model.parameters()).device
+        noise = torch.randn((b, *self.backbone.latent_shape), generator=g).to(device)
         eta = self.generator.sample_eta(b, gc.eta_min, gc.eta_max, gc.eta_per_step, g)
         # 2) The generator's sample, with gradient.
         x0 = self.generator(noise, cond, eta, generator=g).x0
