@@ -245,14 +245,17 @@ def teacher_grid(run: Run, asset_dir=None, steps: int = 25, cfg: float = 7.5) ->
         from .world.assets import read_manifest
 
         key = "world-" + read_manifest(asset_dir)["assets"]["teacher"]["sha256"][:12]
-    cache = run.path / CACHE_DIR / f"teacher_{key}_s{steps}_cfg{cfg:g}.png"
-    label = f"teacher: {steps} DDIM steps, CFG {cfg:g}, eta 0"
+    from .config.schema import EvalConfig
+
+    eta = EvalConfig().eta  # the protocol's teacher sampler
+    cache = run.path / CACHE_DIR / f"teacher_{key}_s{steps}_cfg{cfg:g}_eta{eta:g}.png"
+    label = f"teacher: {steps} DDIM steps, CFG {cfg:g}, eta {eta:g}"
     if cache.is_file():
         return cache.read_bytes(), label
     _, grid_prompts = _grid_recipe()
     backbone = make_backbone(name, asset_dir=asset_dir).eval()
     noise = randn_per_image(backbone.latent_shape, 0, range(len(grid_prompts)))
-    images = backbone.sample(grid_prompts, noise, steps=steps, cfg=cfg, eta=0.0,
+    images = backbone.sample(grid_prompts, noise, steps=steps, cfg=cfg, eta=eta,
                              generator=torch.Generator().manual_seed(0))
     png = _grid_png(images)
     try:

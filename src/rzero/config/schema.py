@@ -101,7 +101,9 @@ class EvalConfig:
     model: str = "teacher"  # "teacher" or "real" (real renders: the evaluators' own ceiling)
     steps: int = 25
     cfg: float = 7.5
-    eta: float = 0.0
+    # DDIM's eta for the teacher. 1 (fresh noise each step) is the teacher's best setting on the
+    # world: eta 0 keeps pixel speckle and scores lower (docs/decisions.md).
+    eta: float = 1.0
     prompts_per_level: int = 100
     heldout_prompts: int = 100
     diversity_prompts: int = 24
@@ -136,7 +138,7 @@ class GeneratorConfig:
     eta_min: float = 0.0
     eta_max: float = 1.0
     eta_per_step: bool = False  # False: one eta per trajectory
-    inference_eta: float = 0.0
+    inference_eta: float = 1.0  # picked by measurement on the world (docs/decisions.md)
     gradient_checkpointing: bool = False
 
     def __post_init__(self):

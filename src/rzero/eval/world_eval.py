@@ -99,7 +99,7 @@ def teacher_source(cfg: EvalConfig, asset_dir=None) -> ImageSource:
                                generator=_step_noise_generators(cfg.seed, idx))
 
     nfe = cfg.steps * (2 if cfg.cfg != 1.0 else 1)
-    return ImageSource(f"teacher ({cfg.steps} DDIM steps, CFG {cfg.cfg})", nfe, generate)
+    return ImageSource(f"teacher ({cfg.steps} DDIM steps, CFG {cfg.cfg}, eta {cfg.eta:g})", nfe, generate)
 
 
 def _generate_all(source: ImageSource, prompts: list[str], specs: Specs, indices: list[int], batch: int,
