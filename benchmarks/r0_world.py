@@ -63,6 +63,9 @@ def main() -> None:
     ap.add_argument("--presets", nargs="+", default=["world_r0", "world_r0plus", "world_r0_noreg"])
     ap.add_argument("--iterations", type=int, default=None, help="override every preset's iterations")
     ap.add_argument("--track-every", type=int, default=25)
+    ap.add_argument("--threads", type=int, default=None, help="override every preset's threads")
+    ap.add_argument("--teacher-json", default=None,
+                    help="reuse a teacher evaluation (`rzero eval --model teacher --json`) of the same protocol")
     ap.add_argument("--report-only", action="store_true", help="rebuild results.md from results.json")
     args = ap.parse_args()
     out = Path(args.out)
@@ -71,6 +74,8 @@ def main() -> None:
     results = json.loads(res_path.read_text()) if res_path.exists() else {"eval": {}}
     if not args.report_only:
         cfg = EvalConfig()
+        if "teacher" not in results["eval"] and args.teacher_json:
+            results["eval"]["teacher"] = json.loads(Path(args.teacher_json).read_text())
         if "teacher" not in results["eval"]:
             results["eval"]["teacher"], _ = evaluate_world(teacher_source(cfg), cfg)
             res_path.write_text(json.dumps(results, indent=2))
@@ -78,6 +83,8 @@ def main() -> None:
             overrides = [f"track_every={args.track_every}"]
             if args.iterations:
                 overrides.append(f"iterations={args.iterations}")
+            if args.threads:
+                overrides.append(f"threads={args.threads}")
             tcfg = load_config(TrainConfig, CONFIGS / f"{preset}.yaml", overrides)
             R0Trainer(tcfg, out / preset).fit()
             if preset not in results["eval"]:

@@ -189,7 +189,7 @@ class RewardConfig:
 class RegularizationConfig:
     """Weight regularization toward the initial weights (SPEC 1.3)."""
 
-    weight: float = 0.05  # lambda_w; 0 disables it
+    weight: float = 0.15  # lambda_w; 0 disables it (world sweep: docs/decisions.md)
 
     def __post_init__(self):
         if self.weight < 0:
@@ -263,7 +263,7 @@ class LoraConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4
+    lr: float = 5e-5
     beta1: float = 0.9
     beta2: float = 0.999
     weight_decay: float = 0.0
