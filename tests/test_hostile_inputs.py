@@ -275,8 +275,6 @@ def test_snapshot_pickle_instead_of_safetensors(capsys, tmp_path, snapshot, worl
     assert not marker.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="generator/load.py (not owned by issue 6) indexes meta['steps'] "
-                                       "without checking: KeyError traceback; reported to the lead")
 def test_snapshot_metadata_missing_steps(capsys, snapshot, world_assets):
     (snapshot / "final" / "generator.json").write_text('{"backbone": "world"}')
     sample_fails(capsys, snapshot, world_assets, "steps")

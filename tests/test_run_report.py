@@ -81,7 +81,7 @@ def test_report_of_a_finished_run(tiny_run, world_assets, tmp_path, capsys):
     grid_size = Image.open(tiny_run / "samples" / "step_000002.png").size
     assert sum(p.size == grid_size for p in pngs) >= 5  # teacher and generator grids match the run's grids
     # The teacher grid is cached in the run folder and reused.
-    assert len(list((tiny_run / "report_cache").glob("teacher_*_s2_cfg7.5.png"))) == 1
+    assert len(list((tiny_run / "report_cache").glob("teacher_*_s2_cfg7.5_eta*.png"))) == 1
     # No alarm file in a 2-iteration run: the section says so instead of failing.
     assert "Hacking alarm:" in text
 

@@ -27,9 +27,12 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .config.schema import EvalConfig
+
 MAX_IMAGES = 8
 MAX_TEACHER_STEPS = 250  # the demo's own bound, to keep one request under a minute on a CPU
 MAX_PROMPT_CHARS = 500
+TEACHER_ETA = EvalConfig().eta  # the evaluation protocol's teacher sampler
 
 
 class GenerateRequest(BaseModel):
@@ -43,7 +46,7 @@ class GenerateRequest(BaseModel):
     steps: int = Field(25, ge=1, le=MAX_TEACHER_STEPS, description="teacher DDIM steps")
     cfg: float = Field(7.5, ge=0.0, le=30.0, description="teacher CFG scale (1 = no guidance)")
     eta: float | None = Field(None, ge=0.0, le=1.0, description="generator re-noise eta (default: its inference eta)")
-    teacher_eta: float = Field(0.0, ge=0.0, le=1.0, description="teacher DDIM eta")
+    teacher_eta: float = Field(TEACHER_ETA, ge=0.0, le=1.0, description="teacher DDIM eta (default: the protocol's)")
     models: list[Literal["generator", "teacher"]] | None = Field(None, min_length=1)
     upscale: int = Field(8, ge=1, le=16, description="nearest-neighbour enlargement of the returned PNGs")
 
@@ -98,7 +101,7 @@ class DemoModels:
                    "iteration": self.meta.get("iteration"), "checkpoint": self.checkpoint}
         return {"backbone": self.backbone_name, "image_size": list(self.image_shape[1:]),
                 "generator": gen, "teacher": {"sampler": "DDIM + CFG"},
-                "defaults": {"steps": 25, "cfg": 7.5, "teacher_eta": 0.0, "seed": 0, "num_images": 1,
+                "defaults": {"steps": 25, "cfg": 7.5, "teacher_eta": TEACHER_ETA, "seed": 0, "num_images": 1,
                              "eta": gen["inference_eta"] if gen else None, "upscale": 8},
                 "limits": {"num_images": MAX_IMAGES, "steps": MAX_TEACHER_STEPS, "prompt_chars": MAX_PROMPT_CHARS}}
 
@@ -247,7 +250,7 @@ button:disabled{background:#9aa4b2;cursor:wait}button.small{font-size:.8rem;padd
     <label>Images<input type="number" id="num_images" min="1" max="8" step="1" value="1"></label>
     <label>Teacher steps<input type="number" id="steps" min="1" max="250" step="1" value="25"></label>
     <label>Teacher CFG<input type="number" id="cfg" min="0" max="30" step="0.5" value="7.5"></label>
-    <label>Teacher eta<input type="number" id="teacher_eta" min="0" max="1" step="0.1" value="0"></label>
+    <label>Teacher eta<input type="number" id="teacher_eta" min="0" max="1" step="0.1" value="1"></label>
     <label id="eta-label">Generator eta<input type="number" id="eta" min="0" max="1" step="0.1" value="0"></label>
     <button type="submit" id="generate">Generate</button>
   </div>

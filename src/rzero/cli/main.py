@@ -60,14 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Check every asset's sha256 against the manifest and load it.")
     v.add_argument("--assets", default=None, help="asset folder (default: the package's own)")
 
-    t = sub.add_parser("train", help="train a few-step generator (R0 / R0+) from a preset",
+    t = sub.add_parser("train", help="train a few-step generator (R0, R0+, DI*, DI++) from a preset",
                        description="Train a few-step generator by regularized reward maximization. Resumes "
                                    "automatically from the newest checkpoint in --out.")
     _add_config_args(t, "training (e.g. configs/world_r0.yaml)")
     t.add_argument("--out", default=None, help="run folder (default runs/<preset name>)")
     t.add_argument("--assets", default=None, help="world asset folder (default: the package's own)")
 
-    e = sub.add_parser("eval", help="evaluate the teacher or real renders with the pinned world protocol",
+    e = sub.add_parser("eval", help="evaluate the teacher, real renders or a trained generator with the pinned world protocol",
                        description="Inspector accuracy per level, world-FID, diversity, rewards, NFE and ms/image.")
     _add_config_args(e, "the evaluation")
     e.add_argument("--model", choices=["teacher", "real"], help="what to evaluate (default: teacher)")

@@ -57,10 +57,16 @@ def resolve_snapshot(path: str | Path) -> Path:
 
 
 def read_meta(snap: Path) -> dict:
+    path = snap / "generator.json"
     try:
-        return json.loads((snap / "generator.json").read_text())
+        meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AssetError(f"'{snap / 'generator.json'}' is not valid JSON ({e})") from e
+        raise AssetError(f"'{path}' is not valid JSON ({e})") from e
+    steps = meta.get("steps") if isinstance(meta, dict) else None
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise AssetError(f"'{path}' lacks a positive integer 'steps' (the generator's step count); "
+                         "the snapshot is damaged: restore generator.json or train again with `rzero train`")
+    return meta
 
 
 def load_generator(path: str | Path, asset_dir=None, device=None, dtype: str | None = None,
