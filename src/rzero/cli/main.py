@@ -137,24 +137,9 @@ def check_output_file(path: str | None, flag: str) -> None:
 
 
 def read_prompt_file(path: str) -> list[str]:
-    """Non-empty lines of a UTF-8 prompt file; one-line errors for the ways this goes wrong."""
-    p = Path(path)
-    if p.is_dir():
-        raise ValueError(f"prompt file '{path}' is a folder; give a text file")
-    if not p.exists():
-        raise ValueError(f"prompt file '{path}' not found")
-    if not p.is_file():  # a device (/dev/zero) or a pipe: could be endless
-        raise ValueError(f"prompt file '{path}' is not a regular file; give a text file")
-    if p.stat().st_size > 50_000_000:
-        raise ValueError(f"prompt file '{path}' is larger than 50 MB; split it")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"prompt file '{path}' is not UTF-8 text (byte {e.start}); re-save it as UTF-8") from e
-    prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(f"prompt file '{path}' has no prompts; write one prompt per line")
-    return prompts
+    from ..trainers.prompts import read_prompts
+
+    return read_prompts(path, "prompt file")
 
 
 def cmd_world(args) -> int:

@@ -28,20 +28,25 @@ def world_prompts(n: int, g: torch.Generator) -> list[str]:
     return describe(specs, random_templates(n, g))
 
 
-def read_prompts(path: str | Path) -> list[str]:
-    """Non-empty, stripped lines of a UTF-8 prompt file; one-line errors for the ways this fails."""
+def read_prompts(path: str | Path, label: str = "prompt_file") -> list[str]:
+    """Non-empty, stripped lines of a UTF-8 prompt file; one-line errors for the ways this fails
+    (`label` names the option in them). Used by training (prompt_file) and the CLI (--prompt-file)."""
     p = Path(path).expanduser()
     if p.is_dir():
-        raise ValueError(f"prompt_file '{path}' is a folder; give a text file with one prompt per line")
-    if not p.is_file():
-        raise ValueError(f"prompt_file '{path}' not found; give a UTF-8 text file with one prompt per line")
+        raise ValueError(f"{label} '{path}' is a folder; give a text file with one prompt per line")
+    if not p.exists():
+        raise ValueError(f"{label} '{path}' not found; give a UTF-8 text file with one prompt per line")
+    if not p.is_file():  # a device (/dev/zero) or a pipe: could be endless
+        raise ValueError(f"{label} '{path}' is not a regular file; give a text file")
+    if p.stat().st_size > 50_000_000:
+        raise ValueError(f"{label} '{path}' is larger than 50 MB; split it")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"prompt_file '{path}' is not UTF-8 text (byte {e.start}); re-save it as UTF-8") from e
+        raise ValueError(f"{label} '{path}' is not UTF-8 text (byte {e.start}); re-save it as UTF-8") from e
     prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
-        raise ValueError(f"prompt_file '{path}' has no prompts; write one prompt per line")
+        raise ValueError(f"{label} '{path}' has no prompts; write one prompt per line")
     return prompts
 
 
