@@ -254,7 +254,11 @@ def run_bench(out: Path, s: BenchSettings, only: list[str] | None = None, docs: 
         with ProcessPoolExecutor(max_workers=s.jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
             futures = {pool.submit(run_job, asdict(j), str(out), asdict(s)): j for j in todo}
             try:
-                for _ in _completed(futures, as_completed, log, out, started, len(todo)):
+                from tqdm.auto import tqdm
+
+                # Job-level bar with ETA; each finished job also gets its own log line.
+                done = _completed(futures, as_completed, log, out, started, len(todo))
+                for _ in tqdm(done, total=len(todo), desc="bench", unit="job", dynamic_ncols=True):
                     pass
             except KeyboardInterrupt:
                 # Ctrl-C reaches the workers too (same process group); drop the queued jobs. A rerun resumes.
