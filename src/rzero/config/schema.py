@@ -201,11 +201,15 @@ class R0PlusConfig:
     """R0+ switches (SPEC 1.4)."""
 
     intermediate_supervision: bool = False
+    # k ~ U{first_step..K}; SPEC 1.4 draws from 1. Larger values leave out the one-step
+    # predictions from pure noise (see docs/decisions.md for what they do on the world).
+    intermediate_first_step: int = 1
     hires_guidance: bool = False
     hires_weight: float = 1.0
     hires_t_max: int = 600  # noise levels (VP timesteps) at which the classifier is queried
 
     def __post_init__(self):
+        _positive("intermediate_first_step", self.intermediate_first_step)
         if self.hires_weight < 0:
             raise ValueError(f"hires_weight must be >= 0, got {self.hires_weight}")
         _positive("hires_t_max", self.hires_t_max)
@@ -327,6 +331,9 @@ class TrainConfig:
         _positive("max_consecutive_skips", self.max_consecutive_skips)
         if self.alarm_patience < 0:
             raise ValueError(f"alarm_patience must be >= 0 (0 disables the alarm), got {self.alarm_patience}")
+        if self.r0plus.intermediate_first_step > self.generator.steps:
+            raise ValueError(f"r0plus.intermediate_first_step ({self.r0plus.intermediate_first_step}) must be <= "
+                             f"generator.steps ({self.generator.steps})")
         if self.time_budget_s < 0:
             raise ValueError(f"time_budget_s must be >= 0 (0: no limit), got {self.time_budget_s}")
         if self.track_every < 0:

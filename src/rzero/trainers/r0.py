@@ -99,7 +99,7 @@ class R0Trainer(Trainer):
         # 3) Unrolled K-step generation (R0+: stop at a random intermediate step).
         stop = None
         if cfg.r0plus.intermediate_supervision:
-            stop = int(torch.randint(1, gc.steps + 1, (1,), generator=g))
+            stop = int(torch.randint(cfg.r0plus.intermediate_first_step, gc.steps + 1, (1,), generator=g))
         out = self.generator(noise, cond, eta, generator=g, stop_at=stop,
                              grad_only_last=cfg.r0plus.intermediate_supervision)
         images = self.backbone.decode(out.x0)  # (B, 3, H, W), nominally [-1, 1]
