@@ -58,7 +58,7 @@ TABLE = [
 ]
 
 # Ablations on R0 (world_r0.yaml): (group, name, label, preset, overrides). Each group's
-# reference row is the table's R0 run (3 rewards, normalized, random eta, lambda 0.05, no R0+ parts).
+# reference row is the table's R0 run (3 rewards, normalized, random eta, the preset's lambda_w 0.15, no R0+ parts).
 ABLATIONS = [
     ("rewards", "abl_rew1", "1 reward (judge)", "world_r0.yaml", ["reward.names=[world-judge]"]),
     ("rewards", "abl_rew2", "2 rewards (clip, judge)", "world_r0.yaml", ["reward.names=[world-clip, world-judge]"]),
@@ -66,14 +66,14 @@ ABLATIONS = [
     ("eta", "abl_fixeta", "fixed eta = 0", "world_r0.yaml", ["generator.eta_max=0.0"]),
     ("regularization", "abl_reg0", "lambda_w = 0", "world_r0.yaml", ["regularization.weight=0.0"]),
     ("regularization", "abl_reg001", "lambda_w = 0.01", "world_r0.yaml", ["regularization.weight=0.01"]),
-    ("regularization", "abl_reg02", "lambda_w = 0.2", "world_r0.yaml", ["regularization.weight=0.2"]),
+    ("regularization", "abl_reg05", "lambda_w = 0.5", "world_r0.yaml", ["regularization.weight=0.5"]),
     ("r0plus", "abl_is", "intermediate supervision only", "world_r0.yaml",
      ["r0plus.intermediate_supervision=true"]),
     ("r0plus", "abl_hg", "high-resolution guidance only", "world_r0.yaml",
      ["r0plus.hires_guidance=true", "r0plus.hires_weight=0.5"]),
 ]
 ABLATION_REFERENCE = {"rewards": ("r0", "3 rewards"), "normalization": ("r0", "normalized gradients"),
-                      "eta": ("r0", "random eta in [0, 1]"), "regularization": ("r0", "lambda_w = 0.05"),
+                      "eta": ("r0", "random eta in [0, 1]"), "regularization": ("r0", "lambda_w = 0.15 (preset)"),
                       "r0plus": ("r0", "neither (R0)")}
 ABLATION_EXTRA = {"r0plus": ("r0plus", "both (R0+)"), "regularization": ("r0_noreg", "lambda_w = 0, fixed eta")}
 
