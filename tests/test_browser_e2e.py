@@ -106,6 +106,14 @@ class WebDriver:
             pass
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 @pytest.fixture(scope="module")
 def server(world_assets, tmp_path_factory):
     """`rzero serve --checkpoint RUN` in a subprocess on a free loopback port."""
@@ -127,11 +135,7 @@ def server(world_assets, tmp_path_factory):
         _wait_until(lambda: _http("GET", f"{base}/healthz", timeout=2).get("ok"), 180, "rzero serve", proc)
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
 
 
 @pytest.fixture(scope="module")
@@ -149,11 +153,7 @@ def browser(tmp_path_factory):
         finally:
             driver.quit()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
 
 
 def _not_blank(img: Image.Image, min_std: float = 5.0) -> np.ndarray:

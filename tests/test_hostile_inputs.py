@@ -20,21 +20,12 @@ import pytest
 import torch
 
 import rzero.trainers as trainers
-from rzero.cli.main import main
 from rzero.utils.io import atomic_save_safetensors
+from test_cli import run
 from test_reliability import ToyTrainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TOY = ["threads=1", "track_every=0", "sample_every=1000", "log_every=1", "checkpoint_every=1", "ema_decay=0.5"]
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line_error(code, err: str, *fragments: str) -> str:
