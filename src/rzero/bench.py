@@ -181,6 +181,7 @@ def run_job(job: dict, out: str, settings: dict) -> dict:
     from .config.schema import EvalConfig, TrainConfig
     from .eval.report import save_grid, write_json
     from .eval.world_eval import evaluate_world, generator_source, teacher_source
+    from .generator.load import read_meta
     from .utils.stats import read_jsonl
     from .world.prompts import fixed_prompts
 
@@ -209,7 +210,7 @@ def run_job(job: dict, out: str, settings: dict) -> dict:
                 # Marks training as finished: a resumed engine would otherwise run one more iteration.
                 write_json({"finished": time.time()}, run / "train_done.json")
             source = generator_source(run, ecfg)
-            meta = json.loads((run / "final" / "generator.json").read_text())
+            meta = read_meta(run / "final")  # the snapshot's checked metadata
             rows = read_jsonl(run / "stats.jsonl")
             result.update(train_seconds=meta["train_seconds"], iterations=meta["iteration"],
                           tracked=_tracked_curve(rows), **_final_train_rewards(rows))
