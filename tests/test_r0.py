@@ -73,6 +73,40 @@ def test_eta_one_renoises_fully(backbone):
     torch.testing.assert_close(c, d, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("grad_from", [None, 1, 2, 3])
+def test_grad_from_runs_earlier_steps_without_gradient(backbone, grad_from, monkeypatch):
+    """R0+ truncation: network calls before step k run without autograd, later ones with it,
+    and cutting the chain does not change the output's value."""
+    from rzero.generator import FewStepGenerator
+
+    gen = FewStepGenerator(backbone, steps=3)
+    cond = backbone.encode_prompts(["a red circle", "a blue square"])
+    noise = torch.randn((2, *backbone.latent_shape), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = gen(noise, cond, 0.5, generator=torch.Generator().manual_seed(1)).x0
+    calls = []
+    predict = backbone.predict_x0
+
+    def spy(x, t, c):
+        out = predict(x, t, c)
+        calls.append(out.requires_grad)
+        return out
+
+    monkeypatch.setattr(backbone, "predict_x0", spy)
+    flags = [p.requires_grad for p in backbone.unet.parameters()]
+    backbone.unet.requires_grad_(True)
+    try:
+        out = gen(noise, cond, 0.5, generator=torch.Generator().manual_seed(1), grad_from=grad_from).x0
+    finally:
+        for p, f in zip(backbone.unet.parameters(), flags):
+            p.requires_grad_(f)
+    first = 1 if grad_from is None else grad_from
+    assert calls == [k >= first for k in (1, 2, 3)]
+    torch.testing.assert_close(out.detach(), ref, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="grad_from"):
+        gen(noise, cond, 0.5, stop_at=2, grad_from=3)
+
+
 def test_surrogate_gradient_equals_injected_direction():
     torch.manual_seed(0)
     rewards = {"brightness": Brightness().freeze(), "contrast": Contrast().freeze()}

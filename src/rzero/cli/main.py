@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=None, help="teacher steps (default 25); a generator "
                    "must be sampled with the step count it was trained for")
     s.add_argument("--cfg", type=float, default=7.5, help="teacher CFG scale")
-    s.add_argument("--eta", type=float, default=None, help="re-noise eta (default: the generator's inference eta, 0 for the teacher)")
+    s.add_argument("--eta", type=float, default=None, help="re-noise eta (default: the generator's inference eta; 1 for the teacher, its protocol setting)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--num-per-prompt", type=int, default=1)
     s.add_argument("--out", required=True, help="output PNG path")
@@ -216,6 +216,9 @@ def cmd_eval(args) -> int:
     return 0
 
 
+SAMPLE_BATCH = 64  # images per forward pass of `rzero sample`
+
+
 def cmd_sample(args) -> int:
     import torch
 
@@ -240,7 +243,6 @@ def cmd_sample(args) -> int:
     from ..utils.seeding import randn_per_image
 
     prompts = [p for p in prompts for _ in range(args.num_per_prompt)]
-    g = torch.Generator().manual_seed(args.seed)
     if args.checkpoint:
         from ..generator import load_generator
 
@@ -249,16 +251,32 @@ def cmd_sample(args) -> int:
             return _fail(f"this generator was trained for {gen.steps} steps; drop --steps or pass --steps {gen.steps}",
                          EXIT_USAGE)
         backbone = gen.backbone
-        noise = randn_per_image(backbone.latent_shape, args.seed, range(len(prompts)))
         eta = meta.get("inference_eta", 0.0) if args.eta is None else args.eta
-        images = gen.sample(prompts, noise, eta, generator=g)
+
+        def run(batch, noise, gens):
+            return gen.sample(batch, noise, eta, generator=gens)
     else:
         from ..backbones import WorldBackbone
 
         backbone = WorldBackbone(asset_dir=args.assets).eval()
-        noise = randn_per_image(backbone.latent_shape, args.seed, range(len(prompts)))
-        images = backbone.sample(prompts, noise, steps=args.steps or 25, cfg=args.cfg, eta=args.eta or 0.0,
-                                 generator=g)
+        eta = 1.0 if args.eta is None else args.eta  # the teacher's protocol setting (docs/decisions.md)
+
+        def run(batch, noise, gens):
+            return backbone.sample(batch, noise, steps=args.steps or 25, cfg=args.cfg, eta=eta, generator=gens)
+
+    from tqdm.auto import tqdm
+
+    from ..utils.seeding import image_generators
+
+    # Per-image noise and per-image generators: an image depends on (seed, index) only, not on
+    # how the prompts are batched.
+    chunks = []
+    for start in tqdm(range(0, len(prompts), SAMPLE_BATCH), desc="sample", unit="batch",
+                      disable=len(prompts) <= SAMPLE_BATCH):
+        idx = range(start, min(start + SAMPLE_BATCH, len(prompts)))
+        noise = randn_per_image(backbone.latent_shape, args.seed, idx)
+        chunks.append(run([prompts[i] for i in idx], noise, image_generators(args.seed + 1, idx)))
+    images = torch.cat(chunks)
     save_grid(images, args.out, nrow=args.num_per_prompt if args.num_per_prompt > 1 else 8, upscale=4)
     print(f"sample: {len(prompts)} images written to {args.out}")
     return 0

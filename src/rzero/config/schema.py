@@ -204,12 +204,17 @@ class R0PlusConfig:
     # k ~ U{first_step..K}; SPEC 1.4 draws from 1. Larger values leave out the one-step
     # predictions from pure noise (see docs/decisions.md for what they do on the world).
     intermediate_first_step: int = 1
+    # "step": the reward scores x0_k (SPEC 1.4); "final": the reward scores the final output and
+    # gradients flow only through steps k..K (docs/decisions.md compares them).
+    intermediate_target: str = "final"
     hires_guidance: bool = False
     hires_weight: float = 1.0
     hires_t_max: int = 600  # noise levels (VP timesteps) at which the classifier is queried
 
     def __post_init__(self):
         _positive("intermediate_first_step", self.intermediate_first_step)
+        if self.intermediate_target not in ("step", "final"):
+            raise ValueError(f"intermediate_target must be 'step' or 'final', got '{self.intermediate_target}'")
         if self.hires_weight < 0:
             raise ValueError(f"hires_weight must be >= 0, got {self.hires_weight}")
         _positive("hires_t_max", self.hires_t_max)

@@ -58,13 +58,13 @@ class FewStepGenerator(torch.nn.Module):
 
     def forward(self, noise: torch.Tensor, cond, eta: torch.Tensor | float = 0.0,
                 generator: torch.Generator | list[torch.Generator] | None = None, stop_at: int | None = None,
-                grad_only_last: bool = False, return_trajectory: bool = False) -> GeneratorOutput:
+                grad_from: int | None = None, return_trajectory: bool = False) -> GeneratorOutput:
         """Run the sampler.
 
         noise: (B, C, h, w). eta: a float, (B,) per trajectory, or (K-1, B) per step.
         generator: one torch.Generator, or one per sample (batch-independent results).
         stop_at: return x0 of step `stop_at` (1-based; R0+ intermediate supervision).
-        grad_only_last: run the steps before the returned one without gradient.
+        grad_from: run steps 1..grad_from-1 without gradient (1-based; R0+ draws it at random).
         """
         b = noise.shape[0]
         stop = self.steps if stop_at is None else stop_at
@@ -78,9 +78,12 @@ class FewStepGenerator(torch.nn.Module):
         sched = self.backbone.schedule
         x = noise
         traj = []
+        if grad_from is not None and not 1 <= grad_from <= stop:
+            raise ValueError(f"grad_from must be in 1..{stop}, got {grad_from}")
+        first_grad = 0 if grad_from is None else grad_from - 1
         for k in range(stop):
             t = self.timesteps[k].expand(b).to(noise.device)
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not (grad_only_last and k < stop - 1)):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and k >= first_grad):
                 x0 = self._x0(x, t, cond)
             if return_trajectory:
                 traj.append(x0)

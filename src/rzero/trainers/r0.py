@@ -97,11 +97,14 @@ class R0Trainer(Trainer):
         # 2) Random eta keeps the generator a sampler of the image manifold (SPEC 1.1).
         eta = self.generator.sample_eta(b, gc.eta_min, gc.eta_max, gc.eta_per_step, g)
         # 3) Unrolled K-step generation (R0+: stop at a random intermediate step).
-        stop = None
+        stop = grad_from = k = None
         if cfg.r0plus.intermediate_supervision:
-            stop = int(torch.randint(cfg.r0plus.intermediate_first_step, gc.steps + 1, (1,), generator=g))
-        out = self.generator(noise, cond, eta, generator=g, stop_at=stop,
-                             grad_only_last=cfg.r0plus.intermediate_supervision)
+            k = int(torch.randint(cfg.r0plus.intermediate_first_step, gc.steps + 1, (1,), generator=g))
+            # "step": reward x0_k itself (SPEC 1.4). "final": reward the final output with the
+            # gradient cut before step k (truncated backpropagation through the sampler).
+            stop = k if cfg.r0plus.intermediate_target == "step" else None
+            grad_from = k
+        out = self.generator(noise, cond, eta, generator=g, stop_at=stop, grad_from=grad_from)
         images = self.backbone.decode(out.x0)  # (B, 3, H, W), nominally [-1, 1]
         # 4) Rewards through the normalized-gradient surrogate.
         extra = {}
@@ -114,8 +117,8 @@ class R0Trainer(Trainer):
         params = [p for p in self.model.parameters() if p.requires_grad]
         loss_reg, m_reg = self.regularizer(params)
         metrics.update(m_reg)
-        if stop is not None:
-            metrics["r0plus/stop_step"] = float(stop)
+        if k is not None:
+            metrics["r0plus/step"] = float(k)
         return loss_reward + loss_reg, metrics
 
     @torch.no_grad()
