@@ -17,6 +17,12 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# Property tests draw their examples from a fixed seed, so a run of the suite is reproducible
+# (a failure found while developing is pinned as an explicit example or a regression test).
+settings.register_profile("rzero", derandomize=True)
+settings.load_profile("rzero")
 
 # Two threads, as on the reference machine. RZERO_TEST_THREADS=1 helps when other jobs keep the
 # CPU busy: oversubscribed intra-op threads make each small op wait for a time slice.

@@ -239,6 +239,25 @@ def test_parse_override(text: str, key: str, value: object) -> None:
     assert got == value and type(got) is type(value)
 
 
+@pytest.mark.parametrize("text", ["\x85", " \x85", "x\x85y", "a\u2028b", "p\u2029"])
+def test_format_config_round_trips_yaml_line_breaks(text: str) -> None:
+    """NEL / LS / PS fold to spaces in plain and single-quoted YAML scalars (found by hypothesis)."""
+    assert yaml.safe_load(format_config({"s": text})) == {"s": text}
+
+
+def test_bracketed_key_reaches_a_name_with_dots() -> None:
+    """Reward names such as hps-v2.1 hold a dot; brackets keep them one key part."""
+    from rzero.config import load_config
+    from rzero.config.schema import TrainConfig
+
+    cfg = load_config(TrainConfig, None, ["reward.names=[hps-v2.1]", "reward.options[hps-v2.1].path=/w/hps.pt",
+                                          "reward.options[hps-v2.1].dtype=bfloat16"])
+    assert cfg.reward.options == {"hps-v2.1": {"path": "/w/hps.pt", "dtype": "bfloat16"}}
+    for bad in ("reward.options[].path=1", "reward.options[a]b=1", "reward..x=1", "reward.[a]=1"):
+        with pytest.raises(ConfigError, match="brackets"):
+            parse_override(bad)
+
+
 def test_parse_override_errors() -> None:
     with pytest.raises(ConfigError) as exc:
         parse_override("optim.lr")

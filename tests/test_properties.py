@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from rzero.config import ConfigError
-from rzero.config.io import apply_overrides, format_config, from_dict, parse_override, to_dict
+from rzero.config.io import apply_overrides, format_config, from_dict, parse_override, split_key, to_dict
 from rzero.config.schema import TrainConfig
 from rzero.trainers.prompts import world_prompts
 from rzero.world.prompts import N_TEMPLATES, _POSITION, _POSITION_ALT, describe, describe_one, fixed_prompts
@@ -41,9 +41,10 @@ def test_parse_override_fails_only_with_one_line_config_error(text):
     except ConfigError as e:
         assert "\n" not in str(e) and "\r" not in str(e) and str(e)
         return
-    # Accepted: there was an '=', and the key is dotted identifiers.
+    # Accepted: there was an '=', and the key is dotted identifiers (bracketed names aside).
     assert "=" in text and key == text.split("=", 1)[0].strip()
-    assert all(KEY_PART.match(p) for p in key.split("."))
+    parts = split_key(key)
+    assert parts and ("[" in key or all(KEY_PART.match(p) for p in parts))
 
 
 @FEW
@@ -70,7 +71,8 @@ def test_last_override_wins_and_input_is_untouched(parts, values):
 
 
 @FEW
-@given(bad=st.text(min_size=1, max_size=10).filter(lambda s: not KEY_PART.match(s) and "=" not in s and "." not in s))
+@given(bad=st.text(min_size=1, max_size=10).filter(
+    lambda s: not KEY_PART.match(s) and not set("=.[]") & set(s)))
 def test_invalid_key_parts_are_rejected(bad):
     for key in (bad, f"optim.{bad}", f"{bad}.lr"):
         try:

@@ -334,6 +334,24 @@ def to_dict(obj: Any) -> Any:
 # ------------------------------------------------------------------- overrides
 
 _KEY_PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+# A key is dotted names; a name holding dots (a reward such as "hps-v2.1") goes in brackets:
+# reward.options[hps-v2.1].path=/weights/HPS_v2.1_compressed.pt
+_KEY_TOKEN = re.compile(r"\[([^\[\]]+)\]|(\.?)([^.\[\]]+)")
+
+
+def split_key(key: str) -> list[str] | None:
+    """``a.b[c.d].e`` -> ``["a", "b", "c.d", "e"]``; None when the key is malformed."""
+    parts, pos = [], 0
+    while pos < len(key):
+        m = _KEY_TOKEN.match(key, pos)
+        if m is None:
+            return None
+        bracketed, dot, plain = m.groups()
+        if plain is not None and (bool(dot) != (pos > 0) or not _KEY_PART.match(plain)):
+            return None  # a plain name needs a dot before it, except the first one
+        parts.append(bracketed.strip() if bracketed is not None else plain)
+        pos = m.end()
+    return parts if parts and all(parts) else None
 
 
 def parse_override(s: str) -> tuple[str, Any]:
@@ -346,10 +364,10 @@ def parse_override(s: str) -> tuple[str, Any]:
         raise ConfigError(f"override {s!r} has no '='; write it as dotted.key=VALUE")
     key, text = s.split("=", 1)
     key = key.strip()
-    parts = key.split(".")
-    if not key or not all(_KEY_PART.match(p) for p in parts):
+    if not split_key(key):
         raise ConfigError(
-            f"override {s!r} has an invalid key {key!r}; write it as dotted.key=VALUE"
+            f"override {s!r} has an invalid key {key!r}; write it as dotted.key=VALUE "
+            "(a name with dots goes in brackets: reward.options[hps-v2.1].path=...)"
         )
     if text.strip() == "":
         return key, ""
@@ -372,7 +390,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
     out: dict[str, Any] = copy.deepcopy(dict(data))
     for item in overrides:
         key, value = parse_override(item)
-        parts = key.split(".")
+        parts = split_key(key)
         node = out
         for depth, part in enumerate(parts[:-1]):
             child = node.get(part)
@@ -433,10 +451,23 @@ def load_config(
     return from_dict(cls, apply_overrides(data, overrides))
 
 
+class _ConfigDumper(yaml.SafeDumper):
+    """SafeDumper whose strings survive a round trip: YAML folds the line breaks NEL, LS and PS
+    inside plain or single-quoted scalars, so strings holding them are double-quoted (escaped)."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = '"' if any(c in value for c in "\x85\u2028\u2029") else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_ConfigDumper.add_representer(str, _represent_str)
+
+
 def format_config(obj: Any) -> str:
     """Render a config (dataclass or mapping) as YAML text in field order."""
-    return yaml.safe_dump(
-        to_dict(obj), sort_keys=False, default_flow_style=False, allow_unicode=True
+    return yaml.dump(
+        to_dict(obj), Dumper=_ConfigDumper, sort_keys=False, default_flow_style=False, allow_unicode=True
     )
 
 
