@@ -1,6 +1,10 @@
 """Distributed correctness of the engine: 2 CPU processes vs 1 process with the same global batch.
 
     .venv/bin/python benchmarks/distributed_check.py --json benchmarks/results/distributed_check.json
+    .venv/bin/python benchmarks/distributed_check.py --parallel fsdp --json benchmarks/results/distributed_check_fsdp.json
+
+`--parallel fsdp` runs the two processes with the denoiser sharded (trainers/fsdp.py) and
+checks them against the same 1-process reference.
 
 What "the same global batch" means here: rank r of a 2-process run draws its micro-batch
 from the stream seeded `seed * 2 + r` (STYLE 10), so a plain 1-process run sees different
@@ -59,23 +63,25 @@ def worker(args) -> int:
     from rzero.utils.io import atomic_save_safetensors
 
     torch.set_num_threads(1)
-    tr = make_trainer(Path(args.out), args.iterations)
+    tr = make_trainer(Path(args.out), args.iterations, [f"parallel={args.parallel}"])
     tr.fit()
     rank = tr.accelerator.process_index
-    params = {n: p for n, p in tr._unwrapped().named_parameters() if p.requires_grad}
+    params = tr.trainable_state()  # whole tensors (gathered from the shards under FSDP)
     atomic_save_safetensors(params, Path(args.out) / f"rank{rank}.safetensors")
     info = {"rank": rank, "num_processes": tr.accelerator.num_processes,
-            "distributed_type": str(tr.accelerator.distributed_type)}
+            "distributed_type": str(tr.accelerator.distributed_type), "sharded": tr.sharded}
     (Path(args.out) / f"rank{rank}.json").write_text(json.dumps(info) + "\n")
     return 0
 
 
-def launch(out: Path, iterations: int, timeout: float, launcher: str = "torchrun") -> tuple[int, str, float]:
+def launch(out: Path, iterations: int, timeout: float, launcher: str = "torchrun",
+           parallel: str = "ddp") -> tuple[int, str, float]:
     """Two CPU processes. `accelerate`: the literal `accelerate launch --cpu --num_processes 2`
     (accelerate 1.15 runs ONE process for it on one machine: multi-CPU needs an mpirun
     hostfile); `torchrun`: torch.distributed.run, which is what accelerate uses for multi-GPU,
     with gloo on CPU: the real 2-process check."""
-    script = [str(Path(__file__).resolve()), "--worker", "--out", str(out), "--iterations", str(iterations)]
+    script = [str(Path(__file__).resolve()), "--worker", "--out", str(out), "--iterations", str(iterations),
+              "--parallel", parallel]
     if launcher == "accelerate":
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines",
                "1", "--mixed_precision", "no", "--dynamo_backend", "no", *script]
@@ -112,13 +118,18 @@ def main() -> int:
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default="")
     ap.add_argument("--iterations", type=int, default=4)
-    ap.add_argument("--work", default="runs/distributed_check")
+    ap.add_argument("--work", default=None, help="default: runs/distributed_check[_fsdp]")
     ap.add_argument("--tolerance", type=float, default=1e-5, help="max abs weight difference allowed")
     ap.add_argument("--timeout", type=float, default=900)
-    ap.add_argument("--json", default="benchmarks/results/distributed_check.json")
+    ap.add_argument("--parallel", choices=["ddp", "fsdp"], default="ddp", help="how the 2-process runs share the model")
+    ap.add_argument("--json", default=None, help="default: benchmarks/results/distributed_check[_fsdp].json")
     args = ap.parse_args()
     if args.worker:
         return worker(args)
+    if args.json is None:
+        args.json = f"benchmarks/results/distributed_check{'_fsdp' if args.parallel == 'fsdp' else ''}.json"
+    par = args.parallel
+    args.work = args.work or f"runs/distributed_check{'_fsdp' if par == 'fsdp' else ''}"
 
     import torch
 
@@ -127,18 +138,19 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     it = args.iterations
-    result: dict = {"settings": [*SETTINGS, f"iterations={it}"], "tolerance_max_abs": args.tolerance}
+    result: dict = {"settings": [*SETTINGS, f"iterations={it}"], "parallel": par, "tolerance_max_abs": args.tolerance}
 
     # 0) what the literal accelerate command does (recorded, not the check)
-    code, log, secs = launch(work / "accelerate_cpu", 1, args.timeout, launcher="accelerate")
-    (work / "accelerate_cpu.log").write_text(log)
-    ranks = sorted((work / "accelerate_cpu").glob("rank*.json"))
-    result["accelerate_launch_cpu_num_processes_2"] = {
-        "returncode": code, "processes_started": len(ranks),
-        "num_processes_seen": [json.loads(r.read_text())["num_processes"] for r in ranks]}
+    if par == "ddp":
+        code, log, secs = launch(work / "accelerate_cpu", 1, args.timeout, launcher="accelerate")
+        (work / "accelerate_cpu.log").write_text(log)
+        ranks = sorted((work / "accelerate_cpu").glob("rank*.json"))
+        result["accelerate_launch_cpu_num_processes_2"] = {
+            "returncode": code, "processes_started": len(ranks),
+            "num_processes_seen": [json.loads(r.read_text())["num_processes"] for r in ranks]}
 
-    # 1) the 2-process run
-    code, log, secs = launch(work / "ddp", it, args.timeout)
+    # 1) the 2-process run (folder "ddp" whatever --parallel says: the names below refer to it)
+    code, log, secs = launch(work / "ddp", it, args.timeout, parallel=par)
     (work / "ddp.log").write_text(log)
     result["ddp"] = {"returncode": code, "seconds": round(secs, 1)}
     if code != 0:
@@ -147,6 +159,7 @@ def main() -> int:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         return 1
     ddp = load(work / "ddp" / "checkpoints" / f"step_{it:06d}" / "model.safetensors")
+    result["sharded"] = [json.loads((work / "ddp" / f"rank{r}.json").read_text())["sharded"] for r in (0, 1)]
     result["ranks_agree"] = distance(load(work / "ddp" / "rank0.safetensors"), load(work / "ddp" / "rank1.safetensors"))
 
     # 2) the 1-process emulation of the two ranks' micro-batches, and 3) a plain 1-process run
@@ -164,8 +177,8 @@ def main() -> int:
 
     # 4) resume on every rank: stop at iteration 2, relaunch to `it`
     half = 2
-    code1, log1, _ = launch(work / "ddp_resumed", half, args.timeout)
-    code2, log2, _ = launch(work / "ddp_resumed", it, args.timeout)
+    code1, log1, _ = launch(work / "ddp_resumed", half, args.timeout, parallel=par)
+    code2, log2, _ = launch(work / "ddp_resumed", it, args.timeout, parallel=par)
     (work / "ddp_resumed.log").write_text(log1 + log2)
     resumed_lines = re.findall(r"train: resumed from (\S+) at iteration (\d+)", log2)
     resume = {"returncodes": [code1, code2], "resume_lines": resumed_lines,
@@ -175,7 +188,7 @@ def main() -> int:
                                                    "model.safetensors"))
     result["resume"] = resume
 
-    ok = (result["ranks_agree"]["bitwise_equal"] and result["ddp_vs_emulated"]["max_abs"] <= args.tolerance
+    ok = (result["ranks_agree"]["bitwise_equal"] and all(result["sharded"]) == (par == "fsdp") and result["ddp_vs_emulated"]["max_abs"] <= args.tolerance
           and resume["all_ranks_same_checkpoint"] and resume.get("vs_straight", {}).get("bitwise_equal", False))
     result["passed"] = bool(ok)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

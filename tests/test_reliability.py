@@ -458,29 +458,38 @@ import json, sys
 sys.path[:0] = [{here!r}, {src!r}]
 import torch; torch.set_num_threads(1)
 from test_reliability import ToyTrainer, toy_cfg
-tr = ToyTrainer(toy_cfg(iterations=4, checkpoint_every=2), sys.argv[1])
+out, parallel, iterations = sys.argv[1], sys.argv[2], int(sys.argv[3])
+tr = ToyTrainer(toy_cfg(iterations=iterations, checkpoint_every=2, parallel=parallel), out)
 tr.fit()
-w = {{n: p.detach().tolist() for n, p in tr._unwrapped().named_parameters()}}
-json.dump({{"n": tr.accelerator.num_processes, "w": w}}, open(f"{{sys.argv[1]}}/rank{{tr.accelerator.process_index}}.json", "w"))
+w = {{n: p.tolist() for n, p in tr.trainable_state().items()}}
+json.dump({{"n": tr.accelerator.num_processes, "sharded": tr.sharded, "w": w}},
+          open(f"{{out}}/rank{{tr.accelerator.process_index}}.json", "w"))
 """
 
 
+def _torchrun(script: Path, out: Path, parallel: str, iterations: int, port: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(port), str(script), str(out), parallel, str(iterations)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "rank0.json").read_text()), json.loads((out / "rank1.json").read_text())
+
+
 @pytest.mark.slow
-def test_two_processes_match_one_process_with_both_ranks_batches(tmp_path):
-    """torchrun, 2 CPU processes (gloo) == 1 process accumulating rank 0's and rank 1's micro-batches.
-    (The world-preset version with resume is benchmarks/distributed_check.py.)"""
+@pytest.mark.parametrize("parallel, port", [("ddp", 29541), ("fsdp", 29543)])
+def test_two_processes_match_one_process_with_both_ranks_batches(tmp_path, parallel, port):
+    """torchrun, 2 CPU processes (gloo) == 1 process accumulating rank 0's and rank 1's micro-batches,
+    with the model replicated (ddp) or sharded (fsdp; the toy's 1x4 weight leaves rank 1 an empty
+    shard), and a 2-process run resumed at iteration 2 equals the straight one.
+    (The world-preset version is benchmarks/distributed_check.py.)"""
     from rzero.utils.seeding import derived_generator
 
     script = tmp_path / "ddp.py"
     script.write_text(_DDP_SCRIPT.format(here=str(HERE), src=str(SRC)))
-    out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", "29541", str(script), str(out)], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = _torchrun(script, tmp_path / "ddp", parallel, 4, port)
     assert ranks[0]["n"] == 2 and ranks[0]["w"] == ranks[1]["w"]
+    assert ranks[0]["sharded"] == (parallel == "fsdp")
 
     class Emulated(ToyTrainer):
         def step_generator(self, micro):
@@ -491,3 +500,7 @@ def test_two_processes_match_one_process_with_both_ranks_batches(tmp_path):
     got = {n: p.detach().tolist() for n, p in emu._unwrapped().named_parameters()}
     for n, v in got.items():
         assert torch.allclose(torch.tensor(v), torch.tensor(ranks[0]["w"][n]), atol=1e-6, rtol=0), n
+
+    _torchrun(script, tmp_path / "resumed", parallel, 2, port)
+    resumed = _torchrun(script, tmp_path / "resumed", parallel, 4, port)
+    assert resumed[0]["w"] == ranks[0]["w"]

@@ -296,6 +296,9 @@ class TrainConfig:
     batch_size: int = 32
     grad_accum: int = 1
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (accelerate)
+    # Multi-process training: "ddp" replicates the denoiser on every rank; "fsdp" shards it
+    # (trainers/fsdp.py; R0 with full fine-tuning). One process ignores it.
+    parallel: str = "ddp"
     ema_decay: float = 0.95  # 0 disables the EMA
     log_every: int = 10
     checkpoint_every: int = 100
@@ -351,5 +354,10 @@ class TrainConfig:
             raise ValueError(f"backbone '{self.backbone}' needs prompt_file (training prompts, one per line)")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got '{self.mixed_precision}'")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"parallel must be 'ddp' or 'fsdp', got '{self.parallel}'")
+        if self.parallel == "fsdp" and (self.method != "r0" or self.lora.rank > 0):
+            raise ValueError("parallel=fsdp shards full fine-tuning of method r0 only; set lora.rank=0 and "
+                             "method=r0, or use parallel=ddp")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")

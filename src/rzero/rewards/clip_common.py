@@ -91,7 +91,7 @@ def _search_dirs(asset_dir) -> list[Path]:
 
 def _how(reward: str, option: str) -> str:
     return (f"download it once and pass {option}=PATH to the '{reward}' reward "
-            f"(config: reward.options.{reward}.{option}), or put it in ${WEIGHTS_ENV}")
+            f"(override: reward.options[{reward}].{option}=PATH), or put it in ${WEIGHTS_ENV}")
 
 
 def resolve_file(reward: str, spec: str | Path | None, filenames: tuple[str, ...], hub_id: str,

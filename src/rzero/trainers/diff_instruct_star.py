@@ -173,7 +173,8 @@ class DiffInstructStarTrainer(Trainer):
         loss_rew = di.alpha_rew * loss_rew
         metrics.update(m_rew)
         # 6) Diagnostics of the two families (costs two extra backward passes).
-        if di.diagnostics_every and self.iteration % di.diagnostics_every == 0:
+        # On the iterations the engine logs as step N * diagnostics_every (it counts from 1).
+        if di.diagnostics_every and (self.iteration + 1) % di.diagnostics_every == 0:
             metrics.update(self.gradient_diagnostics(loss_rew, loss_div))
         return loss_rew + loss_div, metrics
 

@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -65,6 +66,7 @@ class Trainer:
     """Base class; subclasses set `self.model` (the trainable module) before calling `setup()`."""
 
     model: torch.nn.Module
+    sharded = False  # set by setup(): the model is FSDP-sharded over several processes
 
     def __init__(self, cfg: TrainConfig, out_dir: str | Path):
         self.cfg = cfg
@@ -133,11 +135,19 @@ class Trainer:
         cfg = self.cfg
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
                                        cpu=not torch.cuda.is_available())
+        self.sharded = cfg.parallel == "fsdp" and self.accelerator.num_processes > 1
+        if self.sharded:  # in place, before the optimizer sees the (now sharded) parameters
+            from .fsdp import shard_module
+
+            shard_module(self.model, cfg.mixed_precision)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                                            weight_decay=cfg.optim.weight_decay)
-        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
-        if self.accelerator.num_processes > 1:
+        if self.sharded:  # FSDP averages gradients itself; accelerate only wraps the optimizer
+            self.optimizer = self.accelerator.prepare(self.optimizer)
+        else:
+            self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if self.accelerator.num_processes > 1 and not self.sharded:
             # DDP's gradient hooks only fire when the forward pass goes through its wrapper, but
             # trainers call the backbone's network directly (the generator unrolls it K times):
             # measured, the ranks drifted apart (benchmarks/distributed_check.py). So the engine
@@ -150,6 +160,17 @@ class Trainer:
 
     def _unwrapped(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.model)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Whole trainable weights by name (under FSDP a collective: call it on every rank)."""
+        from .fsdp import full
+
+        return {n: full(p.detach()) for n, p in self._unwrapped().named_parameters() if p.requires_grad}
+
+    def _ema_state(self) -> dict[str, torch.Tensor] | None:
+        from .fsdp import full
+
+        return None if self.ema is None else {n: full(t) for n, t in self.ema.items()}
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -171,7 +192,7 @@ class Trainer:
         order (a mismatch would hang); buckets bound the temporary memory.
         """
         n = self.accelerator.num_processes
-        if n == 1:
+        if n == 1 or self.sharded:  # FSDP has reduce-scattered (averaged) them in backward
             return
         import torch.distributed as dist
 
@@ -251,10 +272,11 @@ class Trainer:
         bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=f"train {cfg.method}", unit="it",
                    dynamic_ncols=True, disable=not acc.is_main_process)
         try:
-            if self.iteration == 0 and acc.is_main_process:
-                self.sample_grid(self.out / "samples" / "step_000000.png")
-                if cfg.track_every:
-                    logger.log(0, {f"track/{k}": v for k, v in self.track().items()})
+            if self.iteration == 0:
+                self._sample_grid(self.out / "samples" / "step_000000.png")
+                tracked = self._track() if cfg.track_every else None
+                if tracked is not None:
+                    logger.log(0, {f"track/{k}": v for k, v in tracked.items()})
             while self.iteration < cfg.iterations:
                 started = time.perf_counter()
                 metrics, stepped = self._iteration()
@@ -277,18 +299,18 @@ class Trainer:
                     raise TrainingInterrupted(signum, self.iteration, self._newest_checkpoint())
                 # A wall-clock budget (equal-time comparisons in `rzero bench`) ends the run like the
                 # last iteration does. Tracking time is not counted: it is evaluation, not training.
-                out_of_time = 0 < cfg.time_budget_s <= self.train_seconds
+                out_of_time = cfg.time_budget_s > 0 and self._any_rank(cfg.time_budget_s <= self.train_seconds)
                 last = self.iteration == cfg.iterations or out_of_time
                 tracking = cfg.track_every > 0 and (self.iteration % cfg.track_every == 0 or last)
-                if tracking and acc.is_main_process:
-                    tracked = self.track()
+                tracked = self._track() if tracking else None
+                if tracked is not None:
                     metrics.update({f"track/{k}": v for k, v in tracked.items()})
                     metrics.update(self._check_alarm(tracked))
                 if tracking or self.iteration % cfg.log_every == 0 or last:
                     logger.log(self.iteration, metrics)
                     bar.set_postfix({k.split("/")[-1][:10]: f"{v:.3g}" for k, v in list(metrics.items())[:4]})
-                if acc.is_main_process and self.iteration % cfg.sample_every == 0:
-                    self.sample_grid(self.out / "samples" / f"step_{self.iteration:06d}.png")
+                if self.iteration % cfg.sample_every == 0:
+                    self._sample_grid(self.out / "samples" / f"step_{self.iteration:06d}.png")
                 if self.iteration % cfg.checkpoint_every == 0 or last:
                     self.save_checkpoint()
                 if out_of_time:
@@ -297,6 +319,23 @@ class Trainer:
         finally:
             bar.close()
             logger.close()
+
+    # Sampling and tracking run on the main process only, except under FSDP: there every forward
+    # pass is a collective (each block gathers its weights), so all ranks render and only the
+    # main process keeps the result.
+    def _sample_grid(self, path: Path) -> None:
+        if self.accelerator.is_main_process:
+            self.sample_grid(path)
+        elif self.sharded:
+            with tempfile.TemporaryDirectory() as scratch:
+                self.sample_grid(Path(scratch) / path.name)
+
+    def _track(self) -> dict[str, float] | None:
+        if self.accelerator.is_main_process:
+            return self.track()
+        if self.sharded:
+            self.track()
+        return None
 
     def _iteration(self) -> tuple[dict[str, float], bool]:
         """One optimizer iteration over `grad_accum` micro-batches; returns (metrics, stepped).
@@ -307,6 +346,8 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         metrics: dict[str, float] = {}
         finite, stepped = True, False
+        if self.sharded:  # register the sharded parameters again (a forward leaves the root gathered)
+            self.model.reshard()
         for micro in range(cfg.grad_accum):
             g = self.step_generator(micro)
             with acc.accumulate(self.model):
@@ -317,7 +358,7 @@ class Trainer:
                     self._all_reduce_gradients()
                     # Returns the pre-clipping total norm; an infinite bound only measures it.
                     max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-                    m["grad_norm/params"] = float(acc.clip_grad_norm_(self.model.parameters(), max_norm))
+                    m["grad_norm/params"] = self._clip_gradients(max_norm)
                     finite = finite and math.isfinite(m["grad_norm/params"])
                     if not self._any_rank(not finite):
                         self.optimizer.step()
@@ -327,6 +368,15 @@ class Trainer:
                 metrics[k] = metrics.get(k, 0.0) + v / cfg.grad_accum
             metrics["loss"] = metrics.get("loss", 0.0) + float(loss.detach()) / cfg.grad_accum
         return metrics, stepped
+
+    def _clip_gradients(self, max_norm: float) -> float:
+        """Clip the total gradient norm; returns the norm before clipping."""
+        if not self.sharded:
+            return float(self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm))
+        from .fsdp import full
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return float(full(torch.nn.utils.clip_grad_norm_(params, max_norm)))  # sharded grads: a global norm
 
     def _after_step(self, stepped: bool, metrics: dict[str, float]) -> None:
         """EMA and the skip counters; the skipped iteration's metrics are not fed to the alarm."""
@@ -393,17 +443,23 @@ class Trainer:
         """
         acc = self.accelerator
         acc.wait_for_everyone()
+        # Whole tensors first: under FSDP gathering them is a collective every rank joins.
+        weights, ema = self.trainable_state(), self._ema_state()
+        if self.sharded:
+            from .fsdp import full_optimizer_state
+
+            optim_state = full_optimizer_state(self.optimizer.optimizer)
+        else:
+            optim_state = self.optimizer.state_dict()
         if acc.is_main_process:
             final = self._ckpt_dir() / f"step_{self.iteration:06d}"
             tmp = self._ckpt_dir() / f".tmp_step_{self.iteration:06d}"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            model = self._unwrapped()
-            atomic_save_safetensors({n: p for n, p in model.named_parameters() if p.requires_grad},
-                                    tmp / "model.safetensors")
-            if self.ema is not None:
-                atomic_save_safetensors(self.ema, tmp / "ema.safetensors")
-            atomic_write_bytes(tmp / "optimizer.pt", torch_save_bytes(self.optimizer.state_dict()))
+            atomic_save_safetensors(weights, tmp / "model.safetensors")
+            if ema is not None:
+                atomic_save_safetensors(ema, tmp / "ema.safetensors")
+            atomic_write_bytes(tmp / "optimizer.pt", torch_save_bytes(optim_state))
             extra = self.extra_state()
             if extra:
                 atomic_write_bytes(tmp / "extra.pt", torch_save_bytes({k: v.state_dict() for k, v in extra.items()}))
@@ -496,12 +552,29 @@ class Trainer:
 
     def _load_checkpoint(self, path: Path) -> None:
         """Load every piece of a verified checkpoint (weights, EMA, optimizer, extra state)."""
+        from .fsdp import shard_like
+
         trainable = {n: p for n, p in self._unwrapped().named_parameters() if p.requires_grad}
-        copy_weights_(trainable, load_safetensors(path / "model.safetensors"), path / "model.safetensors")
+        # Checked against whole-tensor shapes, then cut into this rank's shards (FSDP) or copied.
+        whole = {n: torch.empty(p.shape, dtype=p.dtype) for n, p in trainable.items()} if self.sharded else trainable
+        copy_weights_(whole, load_safetensors(path / "model.safetensors"), path / "model.safetensors")
+        if self.sharded:
+            with torch.no_grad():
+                for n, p in trainable.items():
+                    p.copy_(shard_like(whole[n], p))
         if self.ema is not None and (path / "ema.safetensors").is_file():
-            self.ema = load_safetensors(path / "ema.safetensors")
+            ema = {n: torch.empty(p.shape, dtype=p.dtype) for n, p in trainable.items()}
+            copy_weights_(ema, load_safetensors(path / "ema.safetensors"), path / "ema.safetensors")
+            # In the model's parameter order: a file's key order is not the same in every process,
+            # and under FSDP each shard_like is a collective that all ranks must issue alike.
+            self.ema = {n: shard_like(ema[n], p) for n, p in trainable.items()}
         try:
-            self.optimizer.load_state_dict(torch_load_safe(path / "optimizer.pt"))
+            if self.sharded:
+                from .fsdp import load_full_optimizer_state
+
+                load_full_optimizer_state(self.optimizer.optimizer, torch_load_safe(path / "optimizer.pt"))
+            else:
+                self.optimizer.load_state_dict(torch_load_safe(path / "optimizer.pt"))
             extra = self.extra_state()
             if extra:
                 saved = torch_load_safe(path / "extra.pt")
@@ -527,10 +600,10 @@ class Trainer:
     def save_snapshot(self) -> Path:
         """Inference snapshot: EMA weights (or the raw ones) + what is needed to sample."""
         final = self.out / "final"
+        ema = self._ema_state()
+        weights = ema if ema is not None else self.trainable_state()  # collectives under FSDP
         if self.accelerator.is_main_process:
             final.mkdir(parents=True, exist_ok=True)
-            model = self._unwrapped()
-            weights = self.ema if self.ema is not None else {n: p for n, p in model.named_parameters() if p.requires_grad}
             atomic_save_safetensors(weights, final / "generator.safetensors")
             meta = {"method": self.cfg.method, "backbone": self.cfg.backbone, "iteration": self.iteration,
                     "train_seconds": round(self.train_seconds, 3), "skipped_steps": self.skipped_steps,

@@ -89,6 +89,10 @@ class R0Trainer(Trainer):
     def train_step(self, g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         cfg, gc = self.cfg, self.cfg.generator
         b = cfg.batch_size
+        # Weight regularization first: under FSDP the parameters are the sharded ones only
+        # until the forward pass gathers them (the engine reshards before every iteration).
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        loss_reg, m_reg = self.regularizer(params)
         # 1) Prompts and noise.
         prompts = self.prompts(b, g)
         cond = self.backbone.encode_prompts(prompts)
@@ -113,9 +117,7 @@ class R0Trainer(Trainer):
         if self.cfg_teacher is not None:  # on the latent x0, where the teacher lives
             extra["cfg"] = (cfg.reward.cfg_weight, self.cfg_direction(out.x0, cond, g), out.x0)
         loss_reward, metrics = self.reward.loss(images, prompts, extra)
-        # 5) Weight regularization toward the pretrained weights.
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        loss_reg, m_reg = self.regularizer(params)
+        # 5) Weight regularization toward the pretrained weights (computed above).
         metrics.update(m_reg)
         if k is not None:
             metrics["r0plus/step"] = float(k)
