@@ -70,8 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate the teacher, real renders or a trained generator with the pinned world protocol",
                        description="Inspector accuracy per level, world-FID, diversity, rewards, NFE and ms/image.")
     _add_config_args(e, "the evaluation")
-    e.add_argument("--model", choices=["teacher", "real"], help="what to evaluate (default: teacher)")
-    e.add_argument("--checkpoint", help="evaluate a trained generator (run folder of `rzero train`) instead")
+    e.add_argument("--model", choices=["teacher", "real", "base"], help="what to evaluate (default: teacher); "
+                   "base: a pretrained SD model (scale.backbone=sd15|sd3 scale.backbone_path=...), SPEC 4 protocol")
+    e.add_argument("--checkpoint", help="evaluate a trained generator (run folder of `rzero train`) instead; "
+                   "sd15/sd3 runs use the SPEC 4 protocol (scale.* options, docs/scale.md)")
     e.add_argument("--steps", type=int, help="sampling steps (teacher default 25)")
     e.add_argument("--cfg", type=float, help="classifier-free guidance scale (default 7.5)")
     e.add_argument("--json", dest="json_path", help="write the flat metrics JSON here")
@@ -193,17 +195,36 @@ def cmd_eval(args) -> int:
     if args.dry_run:
         print(format_config(cfg), end="")
         return 0
+    from ..config.schema import ScaleEvalConfig
     from ..eval.report import eval_markdown, write_json
-    from ..eval.world_eval import evaluate_world, generator_source, real_source, teacher_source
 
+    backbone = "world"
     if args.checkpoint:
-        source = generator_source(args.checkpoint, cfg, args.assets)
-    elif cfg.model == "real":
-        source = real_source(cfg.seed + 1)
+        from ..generator.load import read_meta, resolve_snapshot
+
+        backbone = read_meta(resolve_snapshot(args.checkpoint)).get("backbone", "world")
+    if backbone != "world" or cfg.model == "base":
+        # SD-class models: the real-scale protocol of SPEC 4 (rzero/eval/scale_eval.py).
+        from ..eval.scale_eval import base_source, check_inputs, evaluate_scale, scale_markdown, snapshot_source
+
+        check_inputs(cfg.scale)  # every prompt file and weight path, before a model loads
+        source = snapshot_source(args.checkpoint, cfg) if args.checkpoint else base_source(cfg)
+        metrics = evaluate_scale(source, cfg)
+        report = scale_markdown(metrics)
     else:
-        source = teacher_source(cfg, args.assets)
-    metrics, _ = evaluate_world(source, cfg, args.assets)
-    report = eval_markdown({source.name: metrics})
+        if cfg.scale != ScaleEvalConfig():
+            raise ValueError("scale.* options apply to sd15/sd3 models (a --checkpoint of an SD run or --model base); "
+                             "drop them for the world protocol")
+        from ..eval.world_eval import evaluate_world, generator_source, real_source, teacher_source
+
+        if args.checkpoint:
+            source = generator_source(args.checkpoint, cfg, args.assets)
+        elif cfg.model == "real":
+            source = real_source(cfg.seed + 1)
+        else:
+            source = teacher_source(cfg, args.assets)
+        metrics, _ = evaluate_world(source, cfg, args.assets)
+        report = eval_markdown({source.name: metrics})
     if args.json_path:
         write_json(metrics, args.json_path)
         print(f"eval: metrics written to {args.json_path}")

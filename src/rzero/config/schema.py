@@ -95,10 +95,48 @@ class WorldBuildConfig:
 
 
 @dataclass
-class EvalConfig:
-    """`rzero eval`: the pinned world evaluation protocol."""
+class ScaleEvalConfig:
+    """`rzero eval` of SD-class models (SPEC 4, rzero/eval/scale_eval.py, docs/scale.md).
 
-    model: str = "teacher"  # "teacher" or "real" (real renders: the evaluators' own ceiling)
+    Used for a `--checkpoint` whose backbone is sd15/sd3, or for `model=base` (the pretrained
+    model itself, sampled with DDIM + CFG at EvalConfig's steps/cfg and this `eta`).
+    """
+
+    backbone: str = ""  # model=base only: "sd15" | "sd3"
+    backbone_path: str = ""  # model=base only: diffusers folder or hub id
+    backbone_dtype: str = "float32"
+    device: str = ""  # "" = cuda if available, else cpu
+    eta: float = 0.0  # model=base: DDIM eta (0 = deterministic DDIM, the usual SD setting)
+    hps_prompts: str = ""  # folder of HPS v2 benchmark style files (anime.txt, concept-art.txt, ...)
+    prompt_files: list[str] = field(default_factory=list)  # more UTF-8 prompt files, one prompt a line
+    coco_captions: str = ""  # UTF-8 file, one caption a line (COCO-2014 val 5k)
+    coco_images: str = ""  # folder of the reference images (sorted by name; the first N are used)
+    inception: str = ""  # pt_inception-2015-12-05-6726825d.pth (local path only)
+    rewards: list[str] = field(default_factory=list)  # reward registry names
+    reward_options: dict[str, dict] = field(default_factory=dict)  # e.g. {"hps-v2.1": {"path": ...}}
+    batch_size: int = 8
+    max_prompts: int = 0  # 0 = every prompt; N = the first N of each file (smoke runs only)
+
+    def __post_init__(self):
+        if self.backbone not in ("", "sd15", "sd3"):
+            raise ValueError(f"backbone must be 'sd15' or 'sd3', got '{self.backbone}'")
+        _positive("batch_size", self.batch_size)
+        if self.max_prompts < 0:
+            raise ValueError(f"max_prompts must be >= 0, got {self.max_prompts}")
+        if not 0 <= self.eta <= 1:
+            raise ValueError(f"eta must be in [0, 1], got {self.eta}")
+        if bool(self.coco_captions) != bool(self.coco_images):
+            raise ValueError("COCO FID needs both coco_captions=FILE and coco_images=FOLDER")
+        unknown = sorted(set(self.reward_options) - set(self.rewards))
+        if unknown:
+            raise ValueError(f"reward_options given for rewards not in rewards: {', '.join(unknown)}")
+
+
+@dataclass
+class EvalConfig:
+    """`rzero eval`: the pinned world evaluation protocol, or SPEC 4's for SD models (`scale`)."""
+
+    model: str = "teacher"  # "teacher" or "real" (real renders: the evaluators' own ceiling); "base": scale
     steps: int = 25
     cfg: float = 7.5
     # DDIM's eta for the teacher. 1 (fresh noise each step) is the teacher's best setting on the
@@ -111,10 +149,15 @@ class EvalConfig:
     batch_size: int = 250
     seed: int = 1234
     threads: int = 2
+    scale: ScaleEvalConfig = field(default_factory=ScaleEvalConfig)
 
     def __post_init__(self):
-        if self.model not in ("teacher", "real"):
-            raise ValueError(f"model must be 'teacher' or 'real', got '{self.model}'")
+        if self.model not in ("teacher", "real", "base"):
+            raise ValueError(f"model must be 'teacher' or 'real' (or 'base' with scale.backbone for an SD model), "
+                             f"got '{self.model}'")
+        if self.model == "base" and not (self.scale.backbone and self.scale.backbone_path):
+            raise ValueError("model=base evaluates a pretrained SD model: pass scale.backbone=sd15|sd3 and "
+                             "scale.backbone_path=FOLDER_OR_HUB_ID")
         for name in ("steps", "prompts_per_level", "heldout_prompts", "batch_size", "threads"):
             _positive(name, getattr(self, name))
         if self.diversity_seeds < 2:
