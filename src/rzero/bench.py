@@ -568,17 +568,22 @@ def _plot_tracked(runs: dict[str, dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-    for label, r in runs.items():
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    colours = plt.get_cmap("tab20").colors  # more runs than tab10 has colours
+    for i, (label, r) in enumerate(runs.items()):
         pts = r["tracked"]
-        axes[0].plot([p[0] for p in pts], [p[1] for p in pts], label=label, marker="o", markersize=2)
+        # Table rows solid, ablations dashed: 16 lines need both colour and style to be told apart.
+        style = dict(label=label, marker="o", markersize=2, color=colours[i % len(colours)],
+                     linestyle="--" if label.startswith("abl_") else "-")
+        axes[0].plot([p[0] for p in pts], [p[1] for p in pts], **style)
         fid = [(p[0], p[2]) for p in pts if p[2] is not None]
-        axes[1].plot([p[0] for p in fid], [p[1] for p in fid], label=label, marker="o", markersize=2)
-    for ax, title in zip(axes, ("tracked accuracy (mean L1-L4)", "tracked world-FID")):
+        axes[1].plot([p[0] for p in fid], [p[1] for p in fid], **style)
+    for ax, title in zip(axes, ("tracked accuracy (mean L1-L4)", "tracked world-FID (log scale)")):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("iteration", fontsize=8)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=6)
+    axes[1].set_yscale("log")  # one-step baselines sit two orders of magnitude above the rest
+    axes[1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
