@@ -260,8 +260,10 @@ def reference_features(inception, paths: list[Path], batch_size: int = 50) -> to
         for p in paths[s:s + batch_size]:
             with Image.open(p) as im:
                 arrays.append(np.asarray(im.convert("RGB")))
-        # Images of different sizes are resized one at a time (clean_resize takes a stack).
-        feats += [inception_features(inception, a[None]) for a in arrays]
+        if len({a.shape for a in arrays}) == 1:
+            feats.append(inception_features(inception, np.stack(arrays), batch_size))
+        else:  # images of different sizes are resized one at a time (clean_resize takes a stack)
+            feats += [inception_features(inception, a[None]) for a in arrays]
     return torch.cat(feats)
 
 
