@@ -256,7 +256,8 @@ def test_cli_checkpoint_dispatches_on_backbone_and_writes_json(capsys, tmp_path,
 def test_cli_base_model_dry_run_prints_scale_config(capsys, tiny_sd15):  # noqa: F811
     code, out, err = run(capsys, "eval", "--model", "base", "scale.backbone=sd15", f"scale.backbone_path={tiny_sd15}",
                          "--dry-run")
-    assert code == 0, err and "scale:" in out and "backbone: sd15" in out
+    assert code == 0, err
+    assert "model: base" in out and "scale:" in out and "backbone: sd15" in out
 
 
 @pytest.mark.parametrize("case, expected", [
