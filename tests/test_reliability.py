@@ -504,3 +504,20 @@ def test_two_processes_match_one_process_with_both_ranks_batches(tmp_path, paral
     _torchrun(script, tmp_path / "resumed", parallel, 2, port)
     resumed = _torchrun(script, tmp_path / "resumed", parallel, 4, port)
     assert resumed[0]["w"] == ranks[0]["w"]
+
+
+def test_fsdp_units_are_the_denoiser_blocks():
+    """FSDP shards per block: a diffusers UNet's down/up/mid blocks (and the transformer blocks
+    inside them), never the root's own small layers; children come after their parents."""
+    from diffusers import UNet2DConditionModel
+
+    from rzero.trainers.fsdp import sharding_units
+    from rzero.world.models import teacher_unet_config
+
+    unet = UNet2DConditionModel(**teacher_unet_config())
+    names = {id(m): n for n, m in unet.named_modules()}
+    units = [names[id(m)] for m in sharding_units(unet)]
+    assert {"down_blocks.0", "down_blocks.2", "up_blocks.0", "up_blocks.2", "mid_block"} <= set(units)
+    assert "down_blocks.1.attentions.0.transformer_blocks.0" in units
+    assert units.index("down_blocks.1") < units.index("down_blocks.1.attentions.0.transformer_blocks.0")
+    assert not any(u in ("", "conv_in", "time_embedding") for u in units)
