@@ -337,3 +337,37 @@ def test_sd3_preset_lora_targets_exist_in_the_sd3_transformer(tiny_sd3):  # noqa
     apply_lora(b.unet, 2, cfg.lora.alpha, cfg.lora.target_modules)
     suffixes = {n.rsplit(".", 1)[-1] if not n.endswith("to_out.0") else "to_out.0" for n, _ in lora_layers(b.unet)}
     assert suffixes == set(cfg.lora.target_modules)
+
+
+def test_sd_tracking_scores_a_fixed_prompt_subset(paths, prompt_file, tmp_path):  # noqa: F811
+    """SPEC 4's training curves: every training reward on a fixed, seeded prompt subset; the same
+    numbers whatever the batch size, logged as track/reward_<name>."""
+    from rzero.config import ConfigError
+    from rzero.trainers import R0Trainer
+    from rzero.trainers.prompts import tracking_subset
+
+    lines = [ln.strip() for ln in prompt_file.read_text().splitlines() if ln.strip()]
+    subset = tracking_subset(prompt_file, 3)
+    assert subset == tracking_subset(prompt_file, 3) and len(subset) == 3
+    assert subset == [p for p in lines if p in subset]  # file order
+    assert tracking_subset(prompt_file, 100) == lines
+    values = []
+    for batch in (2, 3):
+        cfg = r0_config(paths["sd15"], "sd15", prompt_file, "track_every=1", f"track_prompt_file={prompt_file}",
+                        "track_prompts=3", f"batch_size={batch}", "iterations=1")
+        tr = R0Trainer(cfg, tmp_path / f"b{batch}", rewards={"redness": Redness().freeze()})
+        values.append(tr.track()["reward_redness"])
+        if batch == 2:
+            tr.fit()
+            rows = [json.loads(line) for line in (tmp_path / "b2" / "stats.jsonl").read_text().splitlines()]
+            assert [r["step"] for r in rows if "track/reward_redness" in r] == [0, 1]
+    assert values[0] == pytest.approx(values[1], abs=1e-5)
+    with pytest.raises(ConfigError, match="track_prompt_file is for sd15/sd3"):
+        from rzero.config import load_config
+        from rzero.config.schema import TrainConfig
+
+        load_config(TrainConfig, None, [f"track_prompt_file={prompt_file}"])
+    with pytest.raises(ValueError, match="track_prompt_file .* not found"):
+        R0Trainer(r0_config(paths["sd15"], "sd15", prompt_file, "track_every=1",
+                            f"track_prompt_file={prompt_file}.missing"), tmp_path / "bad",
+                  rewards={"redness": Redness().freeze()})

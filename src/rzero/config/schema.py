@@ -348,7 +348,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     sample_every: int = 100
     track_every: int = 50  # 0: off; else quick held-out evaluation (world) every N iterations
-    track_prompts: int = 24  # per level
+    track_prompts: int = 24  # world: prompts per level; sd15/sd3: size of the fixed subset of track_prompt_file
+    # sd15/sd3 tracking (SPEC 4's training curves): a prompt file (e.g. the HPS v2 benchmark
+    # prompts) of which a fixed, seeded subset of track_prompts is scored by every training reward.
+    track_prompt_file: str = ""
     time_budget_s: float = 0.0  # > 0: stop (checkpoint + snapshot) once training has used this much wall-clock
     max_consecutive_skips: int = 5  # steps with a non-finite loss/gradient are skipped; stop after this many in a row
     alarm_patience: int = 3  # reward-hacking alarm: train reward up, held-out score down N evals in a row; 0 off
@@ -397,6 +400,9 @@ class TrainConfig:
             raise ValueError(f"backbone '{self.backbone}' needs prompt_file (training prompts, one per line)")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got '{self.mixed_precision}'")
+        if self.track_prompt_file and self.backbone == "world":
+            raise ValueError("track_prompt_file is for sd15/sd3 runs; the world tracks with its own prompt sets "
+                             "(drop track_prompt_file)")
         if self.parallel not in ("ddp", "fsdp"):
             raise ValueError(f"parallel must be 'ddp' or 'fsdp', got '{self.parallel}'")
         if self.parallel == "fsdp" and (self.method != "r0" or self.lora.rank > 0):

@@ -181,4 +181,5 @@ class DiffInstructStarTrainer(Trainer):
     # Inference-side behaviour is R0's: the same generator object, grid, tracking and snapshot metadata.
     sample_grid = R0Trainer.sample_grid
     track = R0Trainer.track
+    _track_rewards = R0Trainer._track_rewards
     snapshot_meta = R0Trainer.snapshot_meta

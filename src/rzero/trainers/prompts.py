@@ -80,3 +80,16 @@ def grid_prompts(backbone: str, prompt_file: str = "") -> tuple[list[str], int]:
 
         return fixed_prompts()[0], 4
     return read_prompts(prompt_file)[:GRID_PROMPTS], GRID_SEEDS
+
+
+TRACK_SEED = 4321  # the tracking subset and its noise: fixed, so curves of different runs compare
+
+
+def tracking_subset(path: str | Path, size: int) -> list[str]:
+    """A fixed, seeded subset of `size` prompts of a prompt file, in file order (SPEC 4: the
+    subset used for training curves); the whole file when it is smaller."""
+    prompts = read_prompts(path, "track_prompt_file")
+    if size >= len(prompts):
+        return prompts
+    keep = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(TRACK_SEED))[:size]
+    return [prompts[i] for i in sorted(keep.tolist())]

@@ -25,7 +25,7 @@ from ..rewards import make_reward
 from ..rewards.composite import CompositeReward
 from ..utils.seeding import randn_per_image
 from .engine import Trainer
-from .prompts import grid_prompts, prompt_source
+from .prompts import grid_prompts, prompt_source, tracking_subset
 
 
 class R0Trainer(Trainer):
@@ -56,6 +56,8 @@ class R0Trainer(Trainer):
         else:
             self.regularizer = WeightRegularizer(named, cfg.regularization.weight)
         self.prompts = prompt_source(cfg.backbone, cfg.prompt_file)
+        if cfg.track_every and cfg.track_prompt_file:  # a bad file fails now, not at the first evaluation
+            tracking_subset(cfg.track_prompt_file, cfg.track_prompts)
         self.sharpness = None
         if cfg.r0plus.hires_guidance:
             from ..world.loaders import load_world_network
@@ -139,7 +141,7 @@ class R0Trainer(Trainer):
     @torch.no_grad()
     def track(self) -> dict[str, float]:
         if self.cfg.backbone != "world":
-            return {}
+            return self._track_rewards() if self.cfg.track_prompt_file else {}
         from ..eval.world_eval import quick_world_eval
 
         def generate(prompts, specs, idx):
@@ -152,6 +154,29 @@ class R0Trainer(Trainer):
         out = quick_world_eval(generate, self.cfg.track_prompts, asset_dir=self.asset_dir)
         self.model.train(was)
         return out
+
+    @torch.no_grad()
+    def _track_rewards(self) -> dict[str, float]:
+        """sd15/sd3 curves: each training reward's mean on a fixed, seeded prompt subset, one image
+        per prompt with per-image noise (the same images for the same weights, whatever the batch)."""
+        from ..utils.seeding import image_generators
+        from .prompts import TRACK_SEED
+
+        prompts = tracking_subset(self.cfg.track_prompt_file, self.cfg.track_prompts)
+        device = next(self.model.parameters()).device
+        was = self.model.training
+        self.model.eval()
+        sums = dict.fromkeys(self.reward.rewards, 0.0)
+        for start in range(0, len(prompts), self.cfg.batch_size):
+            idx = range(start, min(start + self.cfg.batch_size, len(prompts)))
+            batch = [prompts[i] for i in idx]
+            noise = randn_per_image(self.backbone.latent_shape, TRACK_SEED, idx).to(device)
+            images = self.generator.sample(batch, noise, self.cfg.generator.inference_eta,
+                                           generator=image_generators(TRACK_SEED + 1, idx))
+            for name, reward in self.reward.rewards.items():
+                sums[name] += float(reward(images, batch).sum())
+        self.model.train(was)
+        return {f"reward_{name}": total / len(prompts) for name, total in sums.items()}
 
     def snapshot_meta(self) -> dict:
         gc = self.cfg.generator
