@@ -261,7 +261,6 @@ def cmd_sample(args) -> int:
     if args.eta is not None and not 0 <= args.eta <= 1:
         return _fail("--eta must be in [0, 1]", EXIT_USAGE)
     from ..eval.report import save_grid
-    from ..utils.seeding import randn_per_image
 
     prompts = [p for p in prompts for _ in range(args.num_per_prompt)]
     if args.checkpoint:
@@ -287,16 +286,14 @@ def cmd_sample(args) -> int:
 
     from tqdm.auto import tqdm
 
-    from ..utils.seeding import image_generators
+    from ..utils.seeding import per_image_draws
 
-    # Per-image noise and per-image generators: an image depends on (seed, index) only, not on
-    # how the prompts are batched.
+    # Per-image draws: an image depends on (seed, index) only, not on how the prompts are batched.
     chunks = []
     for start in tqdm(range(0, len(prompts), SAMPLE_BATCH), desc="sample", unit="batch",
                       disable=len(prompts) <= SAMPLE_BATCH):
         idx = range(start, min(start + SAMPLE_BATCH, len(prompts)))
-        noise = randn_per_image(backbone.latent_shape, args.seed, idx)
-        chunks.append(run([prompts[i] for i in idx], noise, image_generators(args.seed + 1, idx)))
+        chunks.append(run([prompts[i] for i in idx], *per_image_draws(backbone.latent_shape, args.seed, idx)))
     images = torch.cat(chunks)
     save_grid(images, args.out, nrow=args.num_per_prompt if args.num_per_prompt > 1 else 8, upscale=4)
     print(f"sample: {len(prompts)} images written to {args.out}")

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ..config.schema import EvalConfig, ScaleEvalConfig
 from ..utils.io import AssetError
-from ..utils.seeding import image_generators, randn_per_image
+from ..utils.seeding import per_image_draws
 from .metrics import frechet_distance
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -165,9 +165,8 @@ def base_source(cfg: EvalConfig) -> ScaleSource:
                                                             False, None, device)).eval()
 
     def generate(prompts, idx):
-        noise = randn_per_image(backbone.latent_shape, cfg.seed, idx)
-        return backbone.sample(prompts, noise, steps=cfg.steps, cfg=cfg.cfg, eta=sc.eta,
-                               generator=image_generators(cfg.seed + 1, idx))
+        noise, gens = per_image_draws(backbone.latent_shape, cfg.seed, idx)
+        return backbone.sample(prompts, noise, steps=cfg.steps, cfg=cfg.cfg, eta=sc.eta, generator=gens)
 
     nfe = cfg.steps * (2 if cfg.cfg != 1.0 else 1)
     name = f"{sc.backbone} base ({cfg.steps} DDIM steps, CFG {cfg.cfg:g}, eta {sc.eta:g})"
@@ -183,8 +182,8 @@ def snapshot_source(checkpoint, cfg: EvalConfig) -> ScaleSource:
     eta = float(meta.get("inference_eta", 0.0))
 
     def generate(prompts, idx):
-        noise = randn_per_image(gen.backbone.latent_shape, cfg.seed, idx, device=device)
-        return gen.sample(prompts, noise, eta, generator=image_generators(cfg.seed + 1, idx))
+        noise, gens = per_image_draws(gen.backbone.latent_shape, cfg.seed, idx, device)
+        return gen.sample(prompts, noise, eta, generator=gens)
 
     name = f"{meta.get('method', 'generator').upper()} {meta.get('backbone')} ({gen.steps} steps)"
     return ScaleSource(name, meta.get("backbone", "?"), gen.steps, device, generate)

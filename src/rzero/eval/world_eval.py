@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..config.schema import EvalConfig
 from ..rewards import make_reward
-from ..utils.seeding import image_seed, randn_per_image
+from ..utils.seeding import image_seed, per_image_draws
 from ..world.evaluators import read_scenes
 from ..world.loaders import load_world_network
 from ..world.prompts import describe
@@ -83,20 +83,14 @@ def real_source(seed: int) -> ImageSource:
     return ImageSource("real renders", 0, lambda prompts, specs, idx: render_real(specs, seed, idx))
 
 
-def _step_noise_generators(seed: int, idx: list[int]) -> list[torch.Generator]:
-    """Per-image generators for the re-noising draws (eta > 0), distinct from the start noise."""
-    return [torch.Generator().manual_seed(image_seed(seed + 1, i)) for i in idx]
-
-
 def teacher_source(cfg: EvalConfig, asset_dir=None) -> ImageSource:
     from ..backbones import WorldBackbone
 
     backbone = WorldBackbone(asset_dir=asset_dir).eval()
 
     def generate(prompts, specs, idx):
-        noise = randn_per_image(backbone.latent_shape, cfg.seed, idx)
-        return backbone.sample(prompts, noise, steps=cfg.steps, cfg=cfg.cfg, eta=cfg.eta,
-                               generator=_step_noise_generators(cfg.seed, idx))
+        noise, gens = per_image_draws(backbone.latent_shape, cfg.seed, idx)
+        return backbone.sample(prompts, noise, steps=cfg.steps, cfg=cfg.cfg, eta=cfg.eta, generator=gens)
 
     nfe = cfg.steps * (2 if cfg.cfg != 1.0 else 1)
     return ImageSource(f"teacher ({cfg.steps} DDIM steps, CFG {cfg.cfg}, eta {cfg.eta:g})", nfe, generate)
@@ -189,8 +183,8 @@ def generator_source(checkpoint, cfg: EvalConfig, asset_dir=None) -> ImageSource
     eta = float(meta.get("inference_eta", 0.0))
 
     def generate(prompts, specs, idx):
-        noise = randn_per_image(gen.backbone.latent_shape, cfg.seed, idx)
-        return gen.sample(prompts, noise, eta, generator=_step_noise_generators(cfg.seed, idx))
+        noise, gens = per_image_draws(gen.backbone.latent_shape, cfg.seed, idx)
+        return gen.sample(prompts, noise, eta, generator=gens)
 
     return ImageSource(f"{meta.get('method', 'generator').upper()} ({gen.steps} steps)", gen.steps, generate)
 

@@ -23,7 +23,7 @@ from ..losses import WeightRegularizer
 from ..losses.lora import LoraDeltaRegularizer, trainable_denoiser
 from ..rewards import make_reward
 from ..rewards.composite import CompositeReward
-from ..utils.seeding import randn_per_image
+from ..utils.seeding import per_image_draws, randn_per_image
 from .engine import Trainer
 from .prompts import grid_prompts, prompt_source, tracking_subset
 
@@ -159,7 +159,6 @@ class R0Trainer(Trainer):
     def _track_rewards(self) -> dict[str, float]:
         """sd15/sd3 curves: each training reward's mean on a fixed, seeded prompt subset, one image
         per prompt with per-image noise (the same images for the same weights, whatever the batch)."""
-        from ..utils.seeding import image_generators
         from .prompts import TRACK_SEED
 
         prompts = tracking_subset(self.cfg.track_prompt_file, self.cfg.track_prompts)
@@ -170,9 +169,8 @@ class R0Trainer(Trainer):
         for start in range(0, len(prompts), self.cfg.batch_size):
             idx = range(start, min(start + self.cfg.batch_size, len(prompts)))
             batch = [prompts[i] for i in idx]
-            noise = randn_per_image(self.backbone.latent_shape, TRACK_SEED, idx).to(device)
-            images = self.generator.sample(batch, noise, self.cfg.generator.inference_eta,
-                                           generator=image_generators(TRACK_SEED + 1, idx))
+            noise, gens = per_image_draws(self.backbone.latent_shape, TRACK_SEED, idx, device)
+            images = self.generator.sample(batch, noise, self.cfg.generator.inference_eta, generator=gens)
             for name, reward in self.reward.rewards.items():
                 sums[name] += float(reward(images, batch).sum())
         self.model.train(was)

@@ -64,6 +64,19 @@ def randn_per_image(
     return torch.stack(draws).to(device=device, dtype=dtype)
 
 
+def per_image_draws(
+    shape_per_image: Sequence[int], base_seed: int, indices: Iterable[int], device: str | torch.device = "cpu"
+) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """(start noise, re-noising generators) for images ``indices`` of a sampling run.
+
+    The noise comes from ``base_seed`` and each image's later draws (eta > 0) from its own
+    generator seeded with ``base_seed + 1``, so an image depends on (seed, index) only: not on
+    the batch it lands in. Every sampler of the project (eval, sample, tracking) uses this.
+    """
+    indices = list(indices)
+    return randn_per_image(shape_per_image, base_seed, indices, device), image_generators(base_seed + 1, indices)
+
+
 def derived_generator(seed: int, tag: str, step: int) -> torch.Generator:
     """A CPU generator determined by (seed, tag, step) alone.
 
