@@ -19,20 +19,8 @@ from rzero.eval import scale_eval
 from rzero.eval.inception import FIDInception3, clean_resize, inception_features, load_fid_inception, to_uint8
 from rzero.eval.metrics import frechet_distance
 from rzero.rewards import REWARDS
-from rzero.rewards.base import Reward
 from rzero.utils.io import AssetError
-from tiny_sd import prompt_file, tiny_sd3, tiny_sd15  # noqa: F401  (pytest fixtures)
-
-
-class Redness(Reward):
-    """A reward that reads the pixels (mean red minus the rest), so wrong images change it."""
-
-    name = "test-redness"
-    uses_prompt = False
-    resolution = 16
-
-    def score(self, images, prompts):
-        return images[:, 0].mean((1, 2)) - images[:, 1:].mean((1, 2, 3))
+from tiny_sd import Redness, prompt_file, tiny_sd3, tiny_sd15  # noqa: F401  (pytest fixtures)
 
 
 @pytest.fixture

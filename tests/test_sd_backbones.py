@@ -10,9 +10,8 @@ import torch
 
 from rzero.backbones import BACKBONES, Backbone, SD3Backbone, SD15Backbone, make_backbone
 from rzero.diffusion import Schedule, ddim_sample, x0_from_output
-from rzero.rewards.base import Reward
 from rzero.utils.io import AssetError
-from tiny_sd import prompt_file, tiny_sd3, tiny_sd15, tiny_sd15_v  # noqa: F401  (pytest fixtures)
+from tiny_sd import Redness, prompt_file, tiny_sd3, tiny_sd15, tiny_sd15_v  # noqa: F401  (pytest fixtures)
 
 PROMPTS = ["a red circle", "a cat on a sofa"]
 KINDS = ["sd15", "sd15_v", "sd3"]
@@ -241,17 +240,6 @@ def test_incomplete_folder_names_missing_part(paths, tmp_path):
 
 
 # ------------------------------------------------------------------------------ R0 smoke runs
-
-
-class Redness(Reward):
-    """Differentiable test reward: mean of the red channel minus the others (a real function of pixels)."""
-
-    name = "redness"
-    uses_prompt = False
-    resolution = 16
-
-    def score(self, images, prompts):
-        return images[:, 0].mean((1, 2)) - images[:, 1:].mean((1, 2, 3))
 
 
 def r0_config(path, kind, prompt_file, *extra):  # noqa: F811

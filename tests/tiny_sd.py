@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from rzero.rewards.base import Reward
+
 MERGES = ["r e</w>", "i n", "c i", "t h", "th e</w>"]
 SPECIAL = ["<|startoftext|>", "<|endoftext|>"]
 
@@ -183,3 +185,15 @@ def prompt_file(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("prompts") / "prompts.txt"
     p.write_text("a cat on a sofa\na red house by the sea\n\na bowl of fruit\na portrait of an old man\n")
     return p
+
+
+class Redness(Reward):
+    """Differentiable test reward that reads the pixels: mean red minus the other channels
+    (so a wrong image, or no gradient, changes it)."""
+
+    name = "redness"
+    uses_prompt = False
+    resolution = 16
+
+    def score(self, images, prompts):
+        return images[:, 0].mean((1, 2)) - images[:, 1:].mean((1, 2, 3))
