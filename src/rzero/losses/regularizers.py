@@ -25,28 +25,19 @@ class WeightRegularizer(torch.nn.Module):
             self.register_buffer(f"theta0_{i}", p.detach().clone())
 
     def forward(self, params: list[torch.nn.Parameter]) -> tuple[torch.Tensor, dict[str, float]]:
+        from ..trainers.fsdp import is_dtensor, shard_like  # not at the top: trainers import this module
+
         sq = None
         for i, p in enumerate(params):
-            term = (p - self._theta0_like(i, p)).pow(2).sum()
+            t0 = getattr(self, f"theta0_{i}")
+            if is_dtensor(p) and not is_dtensor(t0):  # FSDP: cut theta0 like p once, drop the whole copy
+                t0 = shard_like(t0, p.detach())
+                setattr(self, f"theta0_{i}", t0)
+            term = (p - t0).pow(2).sum()
             sq = term if sq is None else sq + term
         if sq is None:
             raise ValueError("weight regularization got no parameters: nothing is trainable")
-        if _is_dtensor(sq):  # FSDP: each rank summed its shards; one all-reduce gives the total
+        if is_dtensor(sq):  # FSDP: each rank summed its shards; one all-reduce gives the total
             sq = sq.full_tensor()
         return self.strength * sq, {"reg/loss": float(self.strength * sq.detach()), "reg/dist": float(sq.detach().sqrt())}
 
-    def _theta0_like(self, i: int, p: torch.Tensor) -> torch.Tensor:
-        """theta0_i, sharded like p when p is an FSDP shard (the whole copy is then dropped)."""
-        t0 = getattr(self, f"theta0_{i}")
-        if _is_dtensor(p) and not _is_dtensor(t0):
-            from ..trainers.fsdp import shard_like
-
-            t0 = shard_like(t0, p.detach())
-            setattr(self, f"theta0_{i}", t0)
-        return t0
-
-
-def _is_dtensor(t: torch.Tensor) -> bool:
-    from ..trainers.fsdp import is_dtensor
-
-    return is_dtensor(t)

@@ -182,4 +182,5 @@ class DiffInstructStarTrainer(Trainer):
     sample_grid = R0Trainer.sample_grid
     track = R0Trainer.track
     _track_rewards = R0Trainer._track_rewards
+    _tracking_prompts = R0Trainer._tracking_prompts
     snapshot_meta = R0Trainer.snapshot_meta

@@ -32,9 +32,8 @@ def sharding_units(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The blocks that get their own all-gather, in pre-order (a parent before its children)."""
     units = []
     for name, module in model.named_modules():
-        leaf = name.rsplit(".", 1)[-1]
-        parent = name.rsplit(".", 2)[-2] if name.count(".") >= 1 else ""
-        if leaf in BLOCKS or (parent in BLOCK_LISTS and leaf.isdigit()):
+        parts = name.split(".")
+        if parts[-1] in BLOCKS or (len(parts) > 1 and parts[-2] in BLOCK_LISTS and parts[-1].isdigit()):
             units.append(module)
     return units
 

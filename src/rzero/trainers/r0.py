@@ -57,7 +57,7 @@ class R0Trainer(Trainer):
             self.regularizer = WeightRegularizer(named, cfg.regularization.weight)
         self.prompts = prompt_source(cfg.backbone, cfg.prompt_file)
         if cfg.track_every and cfg.track_prompt_file:  # a bad file fails now, not at the first evaluation
-            tracking_subset(cfg.track_prompt_file, cfg.track_prompts)
+            self._tracking_prompts()
         self.sharpness = None
         if cfg.r0plus.hires_guidance:
             from ..world.loaders import load_world_network
@@ -161,7 +161,7 @@ class R0Trainer(Trainer):
         per prompt with per-image noise (the same images for the same weights, whatever the batch)."""
         from .prompts import TRACK_SEED
 
-        prompts = tracking_subset(self.cfg.track_prompt_file, self.cfg.track_prompts)
+        prompts = self._tracking_prompts()
         device = next(self.model.parameters()).device
         was = self.model.training
         self.model.eval()
@@ -175,6 +175,12 @@ class R0Trainer(Trainer):
                 sums[name] += float(reward(images, batch).sum())
         self.model.train(was)
         return {f"reward_{name}": total / len(prompts) for name, total in sums.items()}
+
+    def _tracking_prompts(self) -> list[str]:
+        """The fixed tracking subset, read from its file once per run."""
+        if getattr(self, "_track_subset", None) is None:
+            self._track_subset = tracking_subset(self.cfg.track_prompt_file, self.cfg.track_prompts)
+        return self._track_subset
 
     def snapshot_meta(self) -> dict:
         gc = self.cfg.generator
