@@ -207,9 +207,9 @@ def cmd_eval(args) -> int:
         # SD-class models: the real-scale protocol of SPEC 4 (rzero/eval/scale_eval.py).
         from ..eval.scale_eval import base_source, check_inputs, evaluate_scale, scale_markdown, snapshot_source
 
-        check_inputs(cfg.scale)  # every prompt file and weight path, before a model loads
+        inputs = check_inputs(cfg.scale)  # every prompt file and weight path, before a model loads
         source = snapshot_source(args.checkpoint, cfg) if args.checkpoint else base_source(cfg)
-        metrics = evaluate_scale(source, cfg)
+        metrics = evaluate_scale(source, cfg, inputs=inputs)
         report = scale_markdown(metrics)
     else:
         if cfg.scale != ScaleEvalConfig():

@@ -266,10 +266,12 @@ def reference_features(inception, paths: list[Path], batch_size: int = 50) -> to
     return torch.cat(feats)
 
 
-def evaluate_scale(source: ScaleSource, cfg: EvalConfig, rewards: dict | None = None, inception=None) -> dict:
-    """Run SPEC 4's protocol; `rewards` (name -> Reward) and `inception` may be injected (tests, reuse)."""
+def evaluate_scale(source: ScaleSource, cfg: EvalConfig, rewards: dict | None = None, inception=None,
+                   inputs: ScaleInputs | None = None) -> dict:
+    """Run SPEC 4's protocol; `rewards` (name -> Reward), `inception` and the already checked
+    `inputs` (check_inputs) may be passed in (tests, reuse); otherwise they are built here."""
     sc = cfg.scale
-    inputs = check_inputs(sc)
+    inputs = check_inputs(sc) if inputs is None else inputs
     rewards = build_rewards(sc, source.device) if rewards is None else rewards
     out: dict = {"model": source.name, "backbone": source.backbone, "seed": cfg.seed,
                  "reward_notes": reward_notes(sc)}
