@@ -279,7 +279,9 @@ def cmd_sample(args) -> int:
         from ..backbones import WorldBackbone
 
         backbone = WorldBackbone(asset_dir=args.assets).eval()
-        eta = 1.0 if args.eta is None else args.eta  # the teacher's protocol setting (docs/decisions.md)
+        from ..config.schema import EvalConfig
+
+        eta = EvalConfig.eta if args.eta is None else args.eta  # the protocol's teacher eta (docs/decisions.md)
 
         def run(batch, noise, gens):
             return backbone.sample(batch, noise, steps=args.steps or 25, cfg=args.cfg, eta=eta, generator=gens)
