@@ -95,11 +95,11 @@ def load_generator(path: str | Path, asset_dir=None, device=None, dtype: str | N
         apply_lora(denoiser, lora["rank"], lora.get("alpha", 0.0), lora.get("target_modules"))
         targets = {n: p for n, p in denoiser.named_parameters() if "lora_" in n}
         copy_weights_(targets, weights, weights_path)
-        if merge_lora:
-            merged = merged_state_dict(denoiser)
-            fresh = make_backbone(name, **kwargs)
-            fresh.unet.load_state_dict(merged)
-            backbone = fresh
+        if merge_lora:  # a plain network of the same config holds the merged weights; nothing reloads
+            ref = next(p for n, p in denoiser.named_parameters() if "lora_" not in n)  # a base weight
+            plain = type(denoiser).from_config(denoiser.config)
+            plain.load_state_dict(merged_state_dict(denoiser))
+            backbone.unet = plain.to(ref.device, ref.dtype)
     else:
         copy_weights_(dict(denoiser.named_parameters()), weights, weights_path)
     backbone.eval().requires_grad_(False)
