@@ -9,6 +9,7 @@ import sys
 from rzero.cli.main import main
 from rzero.config import load_config
 from rzero.config.schema import WorldBuildConfig
+import pytest
 import torch
 
 from rzero.utils.io import load_safetensors, sha256_file
@@ -71,3 +72,30 @@ def test_unknown_stage_is_a_one_line_error(tmp_path, capsys):
     code = main(["world", "build", f"out_dir={tmp_path}", "--only", "nope"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "unknown build stage 'nope'" in err[0]
+
+
+def test_teacher_batches_do_not_depend_on_loader_workers(tmp_path):
+    """The GPU recipe renders teacher batches in loader workers: same stream as in-process,
+    and neither the device nor the worker count changes the stage's config hash."""
+    from rzero.world.build import _TeacherBatches, _stage_hash, load_or_build_pool
+
+    cfg = _cfg(tmp_path, tmp_path / "a")
+    pool = load_or_build_pool(cfg, tmp_path / "work")
+    batches = {}
+    for workers in (0, 2):
+        loader = torch.utils.data.DataLoader(_TeacherBatches(cfg, pool, 1, 4), batch_size=None, num_workers=workers)
+        batches[workers] = list(loader)
+    assert len(batches[0]) == 3
+    for one, two in zip(batches[0], batches[2]):
+        for a, b in zip(one, two):
+            assert torch.equal(a, b)
+    moved = load_config(WorldBuildConfig, None, [f"out_dir={tmp_path}", "pool_size=40", "teacher.steps=4",
+                                                 "teacher.batch_size=4", "teacher.device=cuda", "teacher.workers=8"])
+    assert _stage_hash(moved, "teacher") == _stage_hash(cfg, "teacher")
+    cfg.teacher.lr *= 2
+    assert _stage_hash(moved, "teacher") != _stage_hash(cfg, "teacher")
+
+
+def test_teacher_device_is_checked():
+    with pytest.raises(Exception, match="teacher.device must be"):
+        load_config(WorldBuildConfig, None, ["teacher.device=tpu"])

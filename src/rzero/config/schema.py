@@ -57,6 +57,11 @@ class TeacherStageConfig(StageConfig):
     # (0 steps: off). Lets a longer teacher be built on top of the first cycle's result.
     finetune_steps: int = 0
     finetune_lr: float = 2e-4
+    # Where the teacher trains ("cpu", "cuda", "cuda:1"...) and how many loader processes
+    # render its batches. Neither changes the recipe (each batch is a function of seed and
+    # step), so neither enters the stage's config hash.
+    device: str = "cpu"
+    workers: int = 0
 
     def __post_init__(self):
         super().__post_init__()
@@ -70,6 +75,10 @@ class TeacherStageConfig(StageConfig):
         if self.offset_noise < 0:
             raise ValueError(f"offset_noise must be >= 0, got {self.offset_noise}")
         _positive("checkpoint_every", self.checkpoint_every)
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ValueError(f"teacher.device must be 'cpu' or 'cuda[:N]', got '{self.device}'")
+        if self.workers < 0:
+            raise ValueError(f"teacher.workers must be >= 0, got {self.workers}")
 
 
 @dataclass

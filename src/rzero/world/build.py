@@ -42,8 +42,12 @@ from .text import WorldTextEncoder
 STAGES = ("inspector", "featnet", "clip", "judge", "quality", "sharpness", "teacher")
 
 
+# Settings that say how a stage runs, not what it trains: not part of its config hash.
+_RUN_ONLY = ("device", "workers", "checkpoint_every")
+
+
 def _stage_hash(cfg: WorldBuildConfig, stage: str, exclude: tuple[str, ...] = ()) -> str:
-    stage_cfg = {k: v for k, v in to_dict(getattr(cfg, stage)).items() if k not in exclude}
+    stage_cfg = {k: v for k, v in to_dict(getattr(cfg, stage)).items() if k not in exclude + _RUN_ONLY}
     d = {"seed": cfg.seed, "stage": stage, "cfg": stage_cfg, "pool": cfg.pool_size}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -304,21 +308,57 @@ def _teacher_lr(c, step: int) -> float:
     return peak * min(1.0, (s + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / n)))
 
 
+class _TeacherBatches(torch.utils.data.Dataset):
+    """Item i = the teacher's training batch at step `start + i`.
+
+    Each batch is drawn from a generator derived from (seed, step) alone, so the stream is the
+    same whether it is rendered in this process or in any number of loader workers.
+    """
+
+    def __init__(self, cfg: WorldBuildConfig, pool: PromptPool, start: int, total: int):
+        self.cfg, self.pool, self.start, self.total = cfg, pool, start, total
+
+    def __len__(self) -> int:
+        return self.total - self.start
+
+    def __getitem__(self, i: int):
+        c, step = self.cfg.teacher, self.start + i
+        g = step_generator(self.cfg.seed, "teacher", step)
+        idx, _, _, images = _pool_batch(self.pool, c.batch_size, g)
+        drop = torch.rand(c.batch_size, generator=g) < c.cond_drop
+        x0 = F.pixel_unshuffle(images, 2)  # (B, 12, 16, 16)
+        t = torch.randint(0, 1000, (c.batch_size,), generator=g)
+        eps = torch.randn(x0.shape, generator=g)
+        # Offset noise: SD1.5's schedule leaks sqrt(abar_999) = 0.068 of the image at the top
+        # step, and on 16x16 latents the channel means of pure noise (std 0.06) are as large as
+        # that leak. Without this the teacher reads each channel's mean off the starting noise:
+        # random background colours and a 2x2 checkerboard (the 12 unshuffled channels).
+        eps = eps + c.offset_noise * torch.randn((x0.shape[0], x0.shape[1], 1, 1), generator=g)
+        return idx, drop, x0, t, eps
+
+
 def train_teacher(cfg: WorldBuildConfig, pool: PromptPool, work_dir: Path) -> tuple[nn.Module, dict]:
     """Text-conditional eps-prediction UNet on pixel-unshuffled renders (SD1.5's schedule).
 
     Caption dropout (`cond_drop`) replaces the prompt by "" so the same network gives the
-    unconditional score for CFG. The EMA weights are what ships.
+    unconditional score for CFG. The EMA weights are what ships. `teacher.device` and
+    `teacher.workers` let the same recipe run on a GPU with batches rendered in parallel.
     """
     from diffusers import UNet2DConditionModel
 
     from ..diffusion import VPSchedule, add_noise
 
     c = cfg.teacher
+    device = torch.device(c.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)
     model = UNet2DConditionModel(**teacher_unet_config())
     ema = UNet2DConditionModel(**teacher_unet_config()).requires_grad_(False)
     ema.load_state_dict(model.state_dict())
+    model.to(device)
+    ema.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=0.0)
     schedule = VPSchedule()
     state_path = work_dir / "teacher_state.pt"
@@ -333,30 +373,32 @@ def train_teacher(cfg: WorldBuildConfig, pool: PromptPool, work_dir: Path) -> tu
             start, losses = int(st["step"]), [float(x) for x in st["losses"]]
             print(f"world build: teacher resumes at step {start}")
     total = c.steps + c.finetune_steps
+    # Prompt states are gathered on the device from one copy of the pool's (fp16) states.
+    pool_states = pool.states.to(device)
+    empty_states = pool.empty_states.to(device)
+    loader = torch.utils.data.DataLoader(
+        _TeacherBatches(cfg, pool, start, total), batch_size=None, shuffle=False, num_workers=c.workers,
+        pin_memory=device.type == "cuda", prefetch_factor=4 if c.workers else None)
     model.train()
+    ema_params, model_params = list(ema.parameters()), list(model.parameters())
+    pending: list[torch.Tensor] = []  # per-step losses still on the device (read in groups: fewer syncs)
+
+    def flush():
+        losses.extend(torch.stack(pending).tolist())
+        pending.clear()
+
     bar = tqdm(range(start, total), desc="world build: teacher", unit="step", initial=start, total=total,
                dynamic_ncols=True)
-    for step in bar:
+    for step, (idx, drop, x0, t, eps) in zip(bar, loader):
         if step == c.steps:
             # Second cycle: continue from the EMA weights with a fresh optimizer (the first cycle's
             # loss was still falling; a restart at a lower peak lr keeps what it learned).
             model.load_state_dict(ema.state_dict())
             opt = torch.optim.AdamW(model.parameters(), lr=c.finetune_lr, weight_decay=0.0)
-        g = step_generator(cfg.seed, "teacher", step)
-        idx, _, _, images = _pool_batch(pool, c.batch_size, g)
-        states, mask = pool.text(idx)
-        drop = torch.rand(c.batch_size, generator=g) < c.cond_drop
-        states = torch.where(drop[:, None, None], pool.empty_states, states)
-        x0 = F.pixel_unshuffle(images, 2)  # (B, 12, 16, 16)
-        t = torch.randint(0, 1000, (c.batch_size,), generator=g)
-        eps = torch.randn(x0.shape, generator=g)
-        # Offset noise: SD1.5's schedule leaks sqrt(abar_999) = 0.068 of the image at the top
-        # step, and on 16x16 latents the channel means of pure noise (std 0.06) are as large as
-        # that leak. Without this the teacher reads each channel's mean off the starting noise:
-        # random background colours and a 2x2 checkerboard (the 12 unshuffled channels).
-        eps = eps + c.offset_noise * torch.randn((x0.shape[0], x0.shape[1], 1, 1), generator=g)
-        x_t = add_noise(x0, eps, t, schedule)
+        idx, drop, x0, t, eps = (v.to(device, non_blocking=True) for v in (idx, drop, x0, t, eps))
         # Padding states are kept (as SD keeps CLIP's padding tokens); no attention mask.
+        states = torch.where(drop[:, None, None], empty_states, pool_states[idx].float())
+        x_t = add_noise(x0, eps, t, schedule)
         pred = model(x_t, t, encoder_hidden_states=states).sample
         loss = F.mse_loss(pred, eps)
         for grp in opt.param_groups:
@@ -367,18 +409,21 @@ def train_teacher(cfg: WorldBuildConfig, pool: PromptPool, work_dir: Path) -> tu
         opt.step()
         with torch.no_grad():
             decay = min(c.ema_decay, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - decay)
-        losses.append(float(loss))
+            torch._foreach_lerp_(ema_params, model_params, 1 - decay)
+        pending.append(loss.detach())
         if step % 20 == 0:
+            flush()
             bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.4f}")
         if (step + 1) % c.checkpoint_every == 0 and step + 1 < total:
+            flush()
             buf = torch_save_bytes({"hash": _stage_hash(cfg, "teacher"), "model": model.state_dict(),
-                                "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step + 1,
-                                "losses": torch.tensor(losses)})
+                                    "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step + 1,
+                                    "losses": torch.tensor(losses)})
             atomic_write_bytes(state_path, buf)
+    if pending:
+        flush()
     curve = [sum(losses[i:i + 100]) / len(losses[i:i + 100]) for i in range(0, len(losses), 100)]
-    return ema.eval(), {"final_loss": _tail_mean(losses, 200), "loss_curve_per_100_steps": curve}
+    return ema.cpu().eval(), {"final_loss": _tail_mean(losses, 200), "loss_curve_per_100_steps": curve}
 
 
 # ---------------------------------------------------------------- driver
