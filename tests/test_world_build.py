@@ -99,3 +99,5 @@ def test_teacher_batches_do_not_depend_on_loader_workers(tmp_path):
 def test_teacher_device_is_checked():
     with pytest.raises(Exception, match="teacher.device must be"):
         load_config(WorldBuildConfig, None, ["teacher.device=tpu"])
+    with pytest.raises(Exception, match="teacher.stop_at must be"):
+        load_config(WorldBuildConfig, None, ["teacher.steps=10", "teacher.stop_at=11"])

@@ -57,6 +57,10 @@ class TeacherStageConfig(StageConfig):
     # (0 steps: off). Lets a longer teacher be built on top of the first cycle's result.
     finetune_steps: int = 0
     finetune_lr: float = 2e-4
+    # Stop after this many steps (0: run the whole schedule) and ship the EMA weights there. The
+    # learning-rate schedule stays the one of `steps` + `finetune_steps`: a budget cut, not a
+    # shorter recipe (the shipped GPU teacher, configs/world_build_gpu.yaml).
+    stop_at: int = 0
     # Where the teacher trains ("cpu", "cuda", "cuda:1"...) and how many loader processes
     # render its batches. Neither changes the recipe (each batch is a function of seed and
     # step), so neither enters the stage's config hash.
@@ -68,6 +72,8 @@ class TeacherStageConfig(StageConfig):
         if self.finetune_steps < 0 or self.finetune_lr <= 0:
             raise ValueError(f"need finetune_steps >= 0 and finetune_lr > 0, got {self.finetune_steps}, "
                              f"{self.finetune_lr}")
+        if not 0 <= self.stop_at <= self.steps + self.finetune_steps:
+            raise ValueError(f"teacher.stop_at must be in [0, steps + finetune_steps], got {self.stop_at}")
         if not 0 <= self.cond_drop < 1:
             raise ValueError(f"cond_drop must be in [0, 1), got {self.cond_drop}")
         if not 0 < self.ema_decay < 1:

@@ -362,17 +362,19 @@ def train_teacher(cfg: WorldBuildConfig, pool: PromptPool, work_dir: Path) -> tu
     opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=0.0)
     schedule = VPSchedule()
     state_path = work_dir / "teacher_state.pt"
+    # Where a run stops does not change its steps: a longer `stop_at` resumes a shorter one's state.
+    resume_hash = _stage_hash(cfg, "teacher", exclude=("stop_at",))
     start, losses = 0, []
     if state_path.exists():
         st = torch_load_safe(state_path)
-        if st.get("hash") == _stage_hash(cfg, "teacher"):
+        if st.get("hash") == resume_hash:
             model.load_state_dict(st["model"])
             ema.load_state_dict(st["ema"])
             if st["opt"]:  # empty at a cycle boundary: the next step starts a fresh optimizer
                 opt.load_state_dict(st["opt"])
             start, losses = int(st["step"]), [float(x) for x in st["losses"]]
             print(f"world build: teacher resumes at step {start}")
-    total = c.steps + c.finetune_steps
+    total = c.stop_at or c.steps + c.finetune_steps
     # Prompt states are gathered on the device from one copy of the pool's (fp16) states.
     pool_states = pool.states.to(device)
     empty_states = pool.empty_states.to(device)
@@ -416,7 +418,7 @@ def train_teacher(cfg: WorldBuildConfig, pool: PromptPool, work_dir: Path) -> tu
             bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.4f}")
         if (step + 1) % c.checkpoint_every == 0 and step + 1 < total:
             flush()
-            buf = torch_save_bytes({"hash": _stage_hash(cfg, "teacher"), "model": model.state_dict(),
+            buf = torch_save_bytes({"hash": resume_hash, "model": model.state_dict(),
                                     "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step + 1,
                                     "losses": torch.tensor(losses)})
             atomic_write_bytes(state_path, buf)
