@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,17 @@ def test_cli_dry_run_prints_plan(capsys):
     out = capsys.readouterr().out
     assert "7 s training" in out and "over 1 parallel job" in out
     assert main(["bench", "--dry-run", "--jobs", "0"]) != 0
+
+
+def test_a_quick_bench_refuses_a_full_bench_folder(tmp_path, capsys):
+    """Finished runs are reused by name: a --quick bench in a full bench's folder would report the
+    full runs as quick ones (it did, once), so the folder's plan.json must match."""
+    out = tmp_path / "bench"
+    out.mkdir()
+    (out / "plan.json").write_text(json.dumps(asdict(BenchSettings.full())))
+    before = (out / "plan.json").read_text()
+    rc = main(["bench", "--quick", "--out", str(out), "--only", "teacher", "--docs", str(tmp_path / "docs")])
+    assert rc != 0
+    err = capsys.readouterr().err.strip()
+    assert "holds a bench run with other settings" in err and "\n" not in err
+    assert (out / "plan.json").read_text() == before  # nothing overwritten

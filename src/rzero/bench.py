@@ -233,6 +233,22 @@ def run_job(job: dict, out: str, settings: dict) -> dict:
 # ---------------------------------------------------------------- the driver
 
 
+# Settings that only size the plan or the parallelism: a bench may resume with other values.
+_PLAN_ONLY = ("jobs", "startup_s", "eval_s", "teacher_eval_s")
+
+
+def _check_same_settings(out: Path, s: BenchSettings) -> None:
+    """Finished runs are reused by name, so a folder must hold one bench's settings only."""
+    path = out / "plan.json"
+    if not path.is_file():
+        return
+    before = json.loads(path.read_text())
+    differ = sorted(k for k, v in asdict(s).items() if k not in _PLAN_ONLY and k in before and before[k] != v)
+    if differ:
+        raise ValueError(f"'{out}' holds a bench run with other settings ({', '.join(differ)} differ, e.g. a "
+                         f"--quick bench next to a full one); pass another --out or delete '{out}'")
+
+
 def run_bench(out: Path, s: BenchSettings, only: list[str] | None = None, docs: Path | None = None,
               log=print) -> Path:
     """Run every unfinished job (in `s.jobs` worker processes), then write the report."""
@@ -245,6 +261,7 @@ def run_bench(out: Path, s: BenchSettings, only: list[str] | None = None, docs: 
     log(text)
     from .utils.io import atomic_write_bytes
 
+    _check_same_settings(out, s)
     atomic_write_bytes(out / "plan.json", (json.dumps(asdict(s), indent=2) + "\n").encode())
     todo = [j for j in jobs if not (out / "runs" / j.run_name / "eval.json").is_file()]
     log(f"bench: {len(jobs) - len(todo)} of {len(jobs)} jobs already finished; running {len(todo)}")

@@ -12,7 +12,8 @@ def register(sub) -> None:
                     "evaluate them with the world protocol and write docs/results.md with plots and a verdict on "
                     "each claim. Resumable: finished runs are skipped, unfinished ones resume from checkpoints.")
     p.add_argument("--quick", action="store_true", help="the 10-minute version: 1 seed, short budgets, small eval")
-    p.add_argument("--out", default="runs/bench", help="folder of the runs and their JSON (default runs/bench)")
+    p.add_argument("--out", default=None,
+                   help="folder of the runs and their JSON (default runs/bench; with --quick runs/bench_quick)")
     p.add_argument("--docs", default="docs", help="where results.md and its PNGs go (default docs)")
     p.add_argument("--jobs", type=int, default=None, help="parallel runs, one CPU thread each (default 2)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per table row (default 3; quick 1)")
@@ -26,7 +27,8 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..bench import BenchSettings, make_jobs, plan_text, run_bench, write_report
 
-    out, docs = Path(args.out), Path(args.docs)
+    out = Path(args.out or ("runs/bench_quick" if args.quick else "runs/bench"))
+    docs = Path(args.docs)
     if args.report:
         path = write_report(out, docs)
         print(f"bench: report written to {path}")
