@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from rzero.cli.main import main
 from rzero.config import load_config
@@ -101,3 +102,13 @@ def test_teacher_device_is_checked():
         load_config(WorldBuildConfig, None, ["teacher.device=tpu"])
     with pytest.raises(Exception, match="teacher.stop_at must be"):
         load_config(WorldBuildConfig, None, ["teacher.steps=10", "teacher.stop_at=11"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_gpu_teacher_without_a_gpu_is_a_one_line_error(tmp_path, capsys):
+    preset = Path(__file__).resolve().parents[1] / "configs" / "world_build_gpu.yaml"
+    rc = main(["world", "build", str(preset), "--only", "teacher", f"work_dir={tmp_path / 'w'}",
+               f"out_dir={tmp_path / 'a'}", "pool_size=40", "threads=1", "teacher.batch_size=4"])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and "no CUDA GPU is visible" in err and "\n" not in err
+    assert not (tmp_path / "a" / "teacher_unet.safetensors").exists()

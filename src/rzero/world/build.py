@@ -460,6 +460,9 @@ def build_world(cfg: WorldBuildConfig, only: list[str] | None = None, force: boo
     for s in stages:
         if s not in STAGES:
             raise ValueError(f"unknown build stage '{s}'; choose from {', '.join(STAGES)}")
+    if "teacher" in stages and cfg.teacher.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"teacher.device is '{cfg.teacher.device}' but no CUDA GPU is visible; pass "
+                         "teacher.device=cpu (configs/world_build.yaml is the CPU recipe)")
     pool = None
     for stage in stages:
         h = _stage_hash(cfg, stage)
