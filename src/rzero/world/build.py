@@ -17,6 +17,7 @@ import math
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -375,9 +376,9 @@ def train_teacher(cfg: WorldBuildConfig, pool: PromptPool, work_dir: Path) -> tu
             start, losses = int(st["step"]), [float(x) for x in st["losses"]]
             print(f"world build: teacher resumes at step {start}")
     total = c.stop_at or c.steps + c.finetune_steps
-    # Prompt states are gathered on the device from one copy of the pool's (fp16) states.
-    pool_states = pool.states.to(device)
-    empty_states = pool.empty_states.to(device)
+    # The prompt states live on the device (one copy, fp16); loader workers only draw indices.
+    text_pool = replace(pool, states=pool.states.to(device), mask=pool.mask.to(device),
+                        empty_states=pool.empty_states.to(device))
     loader = torch.utils.data.DataLoader(
         _TeacherBatches(cfg, pool, start, total), batch_size=None, shuffle=False, num_workers=c.workers,
         pin_memory=device.type == "cuda", prefetch_factor=4 if c.workers else None)
@@ -399,7 +400,7 @@ def train_teacher(cfg: WorldBuildConfig, pool: PromptPool, work_dir: Path) -> tu
             opt = torch.optim.AdamW(model.parameters(), lr=c.finetune_lr, weight_decay=0.0)
         idx, drop, x0, t, eps = (v.to(device, non_blocking=True) for v in (idx, drop, x0, t, eps))
         # Padding states are kept (as SD keeps CLIP's padding tokens); no attention mask.
-        states = torch.where(drop[:, None, None], empty_states, pool_states[idx].float())
+        states = torch.where(drop[:, None, None], text_pool.empty_states, text_pool.text(idx)[0])
         x_t = add_noise(x0, eps, t, schedule)
         pred = model(x_t, t, encoder_hidden_states=states).sample
         loss = F.mse_loss(pred, eps)
