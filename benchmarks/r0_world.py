@@ -33,7 +33,12 @@ def first_reaching(rows: list[dict], key: str, target: float) -> int | None:
 
 
 def report(results: dict) -> str:
-    lines = [eval_markdown(results["eval"], title="R0 on the built-in world"), "## Claims\n"]
+    lines = [eval_markdown(results["eval"], title="R0 on the built-in world")]
+    setup = results.get("eval_setup")
+    if setup:
+        lines.append(f"Evaluation: {setup['prompts_per_level']} prompts per level and held-out, diversity over "
+                     f"{setup['diversity_prompts']} prompts x 4 seeds.\n")
+    lines.append("## Claims\n")
     ev = results["eval"]
     t = ev.get("teacher")
     r0 = ev.get("world_r0")
@@ -49,6 +54,8 @@ def report(results: dict) -> str:
         lines.append(f"- R0+ reaches R0's final tracked L4 accuracy ({conv['r0_final_acc_L4']:.3f}) at iteration "
                      f"{conv['r0plus_first_iteration']} of R0's {conv['r0_iterations']} "
                      f"(ratio {conv['ratio'] if conv['ratio'] is not None else 'never'}; target <= 0.70)")
+        for name, curve in conv.get("curves", {}).items():  # the noise the check above lives with
+            lines.append(f"  - tracked L4, {name}: " + ", ".join(f"{a:.2f}@{step}" for step, a in curve))
     hack = results.get("hacking")
     if hack:
         lines.append(f"- no regularization: training rewards {hack['reward_change']}, tracked L4 accuracy "
@@ -63,7 +70,15 @@ def main() -> None:
     ap.add_argument("--presets", nargs="+", default=["world_r0", "world_r0plus", "world_r0_noreg"])
     ap.add_argument("--iterations", type=int, default=None, help="override every preset's iterations")
     ap.add_argument("--track-every", type=int, default=25)
+    ap.add_argument("--track-prompts", type=int, default=None,
+                    help="tracking prompts per level (presets: 24; more makes the R0+ convergence claim less noisy)")
     ap.add_argument("--threads", type=int, default=None, help="override every preset's threads")
+    ap.add_argument("--seed", type=int, default=None, help="override every preset's training seed")
+    ap.add_argument("--prompts-per-level", type=int, default=None,
+                    help="evaluation prompts per level and held-out (protocol: 100)")
+    ap.add_argument("--diversity-prompts", type=int, default=None,
+                    help="evaluation prompts for diversity, 4 seeds each (protocol: 24; the ratio to the teacher "
+                         "moves by several points between draws at 24)")
     ap.add_argument("--teacher-json", default=None,
                     help="reuse a teacher evaluation (`rzero eval --model teacher --json`) of the same protocol")
     ap.add_argument("--report-only", action="store_true", help="rebuild results.md from results.json")
@@ -73,7 +88,13 @@ def main() -> None:
     res_path = out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {"eval": {}}
     if not args.report_only:
-        cfg = EvalConfig()
+        sizes = {"prompts_per_level": args.prompts_per_level, "heldout_prompts": args.prompts_per_level,
+                 "diversity_prompts": args.diversity_prompts}
+        cfg = EvalConfig(**{k: v for k, v in sizes.items() if v is not None})
+        setup = {k: getattr(cfg, k) for k in sizes}
+        if results.setdefault("eval_setup", setup) != setup:
+            raise SystemExit(f"error: {res_path} was measured with {results['eval_setup']}, not {setup}; "
+                             "use another --out or the same sizes")
         if "teacher" not in results["eval"] and args.teacher_json:
             results["eval"]["teacher"] = json.loads(Path(args.teacher_json).read_text())
         if "teacher" not in results["eval"]:
@@ -85,6 +106,10 @@ def main() -> None:
                 overrides.append(f"iterations={args.iterations}")
             if args.threads:
                 overrides.append(f"threads={args.threads}")
+            if args.seed is not None:
+                overrides.append(f"seed={args.seed}")
+            if args.track_prompts:
+                overrides.append(f"track_prompts={args.track_prompts}")
             tcfg = load_config(TrainConfig, CONFIGS / f"{preset}.yaml", overrides)
             R0Trainer(tcfg, out / preset).fit()
             if preset not in results["eval"]:
@@ -98,7 +123,9 @@ def main() -> None:
             it = first_reaching(tracks["world_r0plus"], "track/acc_L4", target)
             results["convergence"] = {"r0_final_acc_L4": target, "r0_iterations": r0_rows[-1]["step"],
                                       "r0plus_first_iteration": it,
-                                      "ratio": None if it is None else round(it / r0_rows[-1]["step"], 3)}
+                                      "ratio": None if it is None else round(it / r0_rows[-1]["step"], 3),
+                                      "curves": {p: [[r["step"], r["track/acc_L4"]] for r in tracks[p]
+                                                     if "track/acc_L4" in r] for p in ("world_r0", "world_r0plus")}}
         if "world_r0_noreg" in tracks:
             rows = [r for r in tracks["world_r0_noreg"] if "track/acc_L4" in r]
             rew = [r for r in tracks["world_r0_noreg"] if "reward/world-judge" in r]

@@ -229,3 +229,4 @@ def test_fixed_grid_prompts_are_stable():
     b, _ = fixed_prompts()
     assert a == b and len(a) == 2 * len(LEVELS)
     assert [int(v) for v in specs.level] == [lv for lv in LEVELS for _ in range(2)]
+    assert len(set(a)) == len(a), f"a grid prompt repeats: {a}"

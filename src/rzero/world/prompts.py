@@ -83,5 +83,18 @@ GRID_SEED = 2024
 def fixed_prompts(per_level: int = 2) -> tuple[list[str], Specs]:
     """The fixed grid prompts of the demo and the trainers' sample grids: `per_level` per level."""
     g = torch.Generator().manual_seed(GRID_SEED)
-    specs = Specs.cat([sample_specs(per_level, lv, g) for lv in LEVELS])
+    picked = []
+    for lv in LEVELS:
+        # Draw a pool and keep the first distinct prompts: L1 has few combinations, and a grid
+        # showing "a triangle" twice wastes a row.
+        pool = sample_specs(16 * per_level, lv, g)
+        texts = describe(pool, torch.zeros(len(pool), dtype=torch.long))
+        first: dict[str, int] = {}
+        for i, t in enumerate(texts):
+            first.setdefault(t, i)
+        keep = list(first.values())[:per_level]
+        if len(keep) < per_level:
+            raise ValueError(f"level {lv} has fewer than {per_level} distinct grid prompts")
+        picked.append(pool.index(torch.tensor(keep)))
+    specs = Specs.cat(picked)
     return describe(specs, torch.zeros(len(specs), dtype=torch.long)), specs
