@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "sd15/sd3 runs use the SPEC 4 protocol (scale.* options, docs/scale.md)")
     e.add_argument("--steps", type=int, help="sampling steps (teacher default 25)")
     e.add_argument("--cfg", type=float, help="classifier-free guidance scale (default 7.5)")
+    e.add_argument("--eta", type=float, help="re-noise eta (default: a generator's own inference eta; for the "
+                   "teacher, the protocol eta 0)")
     e.add_argument("--json", dest="json_path", help="write the flat metrics JSON here")
     e.add_argument("--out", help="write the Markdown report here (default: print it)")
     e.add_argument("--assets", default=None, help="world asset folder (default: the package's own)")
@@ -89,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=None, help="teacher steps (default 25); a generator "
                    "must be sampled with the step count it was trained for")
     s.add_argument("--cfg", type=float, default=7.5, help="teacher CFG scale")
-    s.add_argument("--eta", type=float, default=None, help="re-noise eta (default: the generator's inference eta; 1 for the teacher, its protocol setting)")
+    s.add_argument("--eta", type=float, default=None, help="re-noise eta (default: the generator's inference eta; for the teacher, the protocol eta 0)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--num-per-prompt", type=int, default=1)
     s.add_argument("--out", required=True, help="output PNG path")
@@ -183,6 +185,11 @@ def _eval_config(args):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
+    if args.eta is not None:
+        if not 0 <= args.eta <= 1:
+            raise ValueError(f"--eta must be in [0, 1], got {args.eta}")
+        if not args.checkpoint:  # the teacher's eta is a protocol field; a generator's lives in its snapshot
+            overrides.append(f"eta={args.eta}")
     return load_config(EvalConfig, config, overrides)
 
 
@@ -207,6 +214,8 @@ def cmd_eval(args) -> int:
         # SD-class models: the real-scale protocol of SPEC 4 (rzero/eval/scale_eval.py).
         from ..eval.scale_eval import base_source, check_inputs, evaluate_scale, scale_markdown, snapshot_source
 
+        if args.eta is not None:
+            raise ValueError("--eta applies to the world protocol; SD-class evaluations take scale.eta=E")
         inputs = check_inputs(cfg.scale)  # every prompt file and weight path, before a model loads
         source = snapshot_source(args.checkpoint, cfg) if args.checkpoint else base_source(cfg)
         metrics = evaluate_scale(source, cfg, inputs=inputs)
@@ -218,7 +227,7 @@ def cmd_eval(args) -> int:
         from ..eval.world_eval import evaluate_world, generator_source, real_source, teacher_source
 
         if args.checkpoint:
-            source = generator_source(args.checkpoint, cfg, args.assets)
+            source = generator_source(args.checkpoint, cfg, args.assets, eta=args.eta)
         elif cfg.model == "real":
             source = real_source(cfg.seed + 1)
         else:

@@ -175,18 +175,22 @@ def evaluate_world(source: ImageSource, cfg: EvalConfig, asset_dir=None) -> tupl
     return out, details
 
 
-def generator_source(checkpoint, cfg: EvalConfig, asset_dir=None) -> ImageSource:
-    """A trained few-step generator (`rzero train` output) at its inference eta."""
+def generator_source(checkpoint, cfg: EvalConfig, asset_dir=None, eta: float | None = None) -> ImageSource:
+    """A trained few-step generator (`rzero train` output) at its inference eta, or at `eta`."""
     from ..generator import load_generator
 
     gen, meta = load_generator(checkpoint, asset_dir)
-    eta = float(meta.get("inference_eta", 0.0))
+    own = float(meta.get("inference_eta", 0.0))
+    name = f"{meta.get('method', 'generator').upper()} ({gen.steps} steps)"
+    if eta is not None and eta != own:
+        name = f"{name[:-1]}, eta {eta:g})"
+    eta = own if eta is None else float(eta)
 
     def generate(prompts, specs, idx):
         noise, gens = per_image_draws(gen.backbone.latent_shape, cfg.seed, idx)
         return gen.sample(prompts, noise, eta, generator=gens)
 
-    return ImageSource(f"{meta.get('method', 'generator').upper()} ({gen.steps} steps)", gen.steps, generate)
+    return ImageSource(name, gen.steps, generate)
 
 
 @torch.no_grad()
