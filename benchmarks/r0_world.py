@@ -1,6 +1,7 @@
 """R0 claims on the built-in world: R0 vs teacher, R0+ convergence, reward hacking without regularization.
 
     python benchmarks/r0_world.py --out runs/bench_r0 [--iterations 300] [--presets world_r0 world_r0plus world_r0_noreg]
+        [--seed N] [--track-prompts 100] [--prompts-per-level 300 --diversity-prompts 96]
 
 For each preset: train with held-out tracking every `--track-every` iterations (resumable),
 then run the full `rzero eval` protocol on the final snapshot. The teacher (25 DDIM steps,
