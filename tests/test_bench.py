@@ -125,3 +125,27 @@ def test_a_quick_bench_refuses_a_full_bench_folder(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "holds a bench run with other settings" in err and "\n" not in err
     assert (out / "plan.json").read_text() == before  # nothing overwritten
+
+
+def test_a_run_trained_with_an_older_preset_is_refused(tmp_path, capsys):
+    """Runs are reused by name: after a preset changes, an old run must not pass as a new one."""
+    from rzero.bench import _check_runs_match_presets, job_config
+    from rzero.config.io import save_config
+
+    s = BenchSettings.quick()
+    job = next(j for j in make_jobs(s, ["r0"]) if j.seed == 0)
+    out = tmp_path / "bench"
+    run = out / "runs" / job.run_name
+    run.mkdir(parents=True)
+    (out / "plan.json").write_text(json.dumps(asdict(s)))
+    cfg = job_config(job, s)
+    save_config(cfg, run / "config.yaml")
+    _check_runs_match_presets(out, [job], s)  # the same config: reusable
+    cfg.generator.eta_max = 0.123  # what an older preset would have saved
+    save_config(cfg, run / "config.yaml")
+    before = (run / "config.yaml").read_text()
+    rc = main(["bench", "--quick", "--out", str(out), "--only", "r0", "--docs", str(tmp_path / "docs")])
+    assert rc != 0
+    err = capsys.readouterr().err.strip()
+    assert "trained with another config" in err and "generator.eta_max" in err and "\n" not in err
+    assert (run / "config.yaml").read_text() == before and not (tmp_path / "docs").exists()

@@ -173,12 +173,23 @@ def _tracked_curve(rows: list[dict]) -> list[list[float]]:
     return curve
 
 
+def job_config(j: Job, s: BenchSettings):
+    """The TrainConfig a job trains with: its preset, its overrides and the bench's sizes."""
+    from .config import load_config
+    from .config.schema import TrainConfig
+
+    return load_config(TrainConfig, CONFIGS / j.preset, [
+        *j.overrides, f"seed={j.seed}", "threads=1", "iterations=1000000",
+        f"time_budget_s={s.time_budget_s}", f"track_every={s.track_every}",
+        f"track_prompts={s.track_prompts}", f"checkpoint_every={s.checkpoint_every}",
+        "sample_every=1000000", "log_every=5"])
+
+
 def run_job(job: dict, out: str, settings: dict) -> dict:
     """Train (resumable) and evaluate one job; writes eval.json last, which marks it done."""
     import torch
 
-    from .config import load_config
-    from .config.schema import EvalConfig, TrainConfig
+    from .config.schema import EvalConfig
     from .eval.report import save_grid, write_json
     from .eval.world_eval import evaluate_world, generator_source, teacher_source
     from .generator.load import read_meta
@@ -201,11 +212,7 @@ def run_job(job: dict, out: str, settings: dict) -> dict:
             if not (run / "train_done.json").is_file():
                 from .trainers import TRAINERS
 
-                cfg = load_config(TrainConfig, CONFIGS / j.preset, [
-                    *j.overrides, f"seed={j.seed}", "threads=1", "iterations=1000000",
-                    f"time_budget_s={s.time_budget_s}", f"track_every={s.track_every}",
-                    f"track_prompts={s.track_prompts}", f"checkpoint_every={s.checkpoint_every}",
-                    "sample_every=1000000", "log_every=5"])
+                cfg = job_config(j, s)
                 TRAINERS[cfg.method](cfg, run).fit()
                 # Marks training as finished: a resumed engine would otherwise run one more iteration.
                 write_json({"finished": time.time()}, run / "train_done.json")
@@ -249,6 +256,31 @@ def _check_same_settings(out: Path, s: BenchSettings) -> None:
                          f"--quick bench next to a full one); pass another --out or delete '{out}'")
 
 
+def _check_runs_match_presets(out: Path, jobs: list[Job], s: BenchSettings) -> None:
+    """A run started before its preset changed would be reused (or resumed) under the new name."""
+    import yaml
+
+    from .config.io import to_dict
+
+    for j in jobs:
+        saved = out / "runs" / j.run_name / "config.yaml"
+        if j.preset is None or not saved.is_file():
+            continue
+        now, then = to_dict(job_config(j, s)), yaml.safe_load(saved.read_text())
+        differ = sorted(_differing_keys(now, then))
+        if differ:
+            raise ValueError(f"'{saved.parent}' was trained with another config than configs/{j.preset} gives now "
+                             f"({', '.join(differ[:4])} differ); delete that run folder to re-run it, or pass "
+                             "another --out")
+
+
+def _differing_keys(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in sorted(set(a) | set(b))
+                for k in _differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
 def run_bench(out: Path, s: BenchSettings, only: list[str] | None = None, docs: Path | None = None,
               log=print) -> Path:
     """Run every unfinished job (in `s.jobs` worker processes), then write the report."""
@@ -262,6 +294,7 @@ def run_bench(out: Path, s: BenchSettings, only: list[str] | None = None, docs: 
     from .utils.io import atomic_write_bytes
 
     _check_same_settings(out, s)
+    _check_runs_match_presets(out, jobs, s)
     atomic_write_bytes(out / "plan.json", (json.dumps(asdict(s), indent=2) + "\n").encode())
     todo = [j for j in jobs if not (out / "runs" / j.run_name / "eval.json").is_file()]
     log(f"bench: {len(jobs) - len(todo)} of {len(jobs)} jobs already finished; running {len(todo)}")
