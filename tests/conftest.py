@@ -42,3 +42,19 @@ def world_assets() -> Path:
             pytrace=False,
         )
     return path
+
+
+@pytest.fixture
+def snapshot(tmp_path, world_assets) -> Path:
+    """A run folder whose final/ holds the world teacher's weights as a 4-step generator."""
+    import json
+
+    from rzero.backbones import WorldBackbone
+    from rzero.utils.io import atomic_save_safetensors
+
+    snap = tmp_path / "run" / "final"
+    snap.mkdir(parents=True)
+    unet = WorldBackbone(asset_dir=world_assets).unet
+    atomic_save_safetensors(dict(unet.named_parameters()), snap / "generator.safetensors")
+    (snap / "generator.json").write_text(json.dumps({"backbone": "world", "steps": 4}))
+    return tmp_path / "run"

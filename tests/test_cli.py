@@ -392,28 +392,22 @@ def test_eval_real_end_to_end(capsys, world_assets, tmp_path):
     assert md.read_text().strip()
 
 
-def test_eval_checkpoint_eta_override(capsys, world_assets, tmp_path):
+def test_eval_checkpoint_eta_override(capsys, world_assets, snapshot, tmp_path):
     """`--eta` samples a generator at another re-noise eta than its snapshot's, and says so in the report."""
-    from rzero.backbones import WorldBackbone
-    from rzero.utils.io import atomic_save_safetensors
-
-    snap = tmp_path / "run" / "final"
-    snap.mkdir(parents=True)
-    unet = WorldBackbone(asset_dir=world_assets).unet
-    atomic_save_safetensors(dict(unet.named_parameters()), snap / "generator.safetensors")
-    (snap / "generator.json").write_text(json.dumps({"backbone": "world", "steps": 4, "inference_eta": 1.0}))
+    (snapshot / "final" / "generator.json").write_text(json.dumps({"backbone": "world", "steps": 4,
+                                                                   "inference_eta": 1.0}))
     small = ["prompts_per_level=2", "heldout_prompts=2", "diversity_prompts=2", "diversity_seeds=2",
              f"threads={torch.get_num_threads()}", "--assets", world_assets]
     fids = {}
     for eta in (None, 0.0):
         js, md = tmp_path / f"{eta}.json", tmp_path / f"{eta}.md"
         flags = [] if eta is None else ["--eta", str(eta)]
-        code, _, err = run(capsys, "eval", "--checkpoint", tmp_path / "run", *flags, "--json", js, "--out", md, *small)
+        code, _, err = run(capsys, "eval", "--checkpoint", snapshot, *flags, "--json", js, "--out", md, *small)
         assert code == 0, err
         fids[eta] = json.loads(js.read_text())["world_fid"]
         assert ("eta 0)" in md.read_text()) == (eta is not None)
     assert fids[None] != fids[0.0]  # eta 1 (the snapshot's) and eta 0 draw different images
-    code, _, err = run(capsys, "eval", "--checkpoint", tmp_path / "run", "--eta", "1.5", *small)
+    code, _, err = run(capsys, "eval", "--checkpoint", snapshot, "--eta", "1.5", *small)
     assert code == 1
     one_error_line(err, "--eta")
 

@@ -210,19 +210,6 @@ def test_non_utf8_prompt_argument(capsys, tmp_path):
 # ------------------------------------------------------------------ snapshots (`sample --checkpoint`)
 
 
-@pytest.fixture
-def snapshot(tmp_path, world_assets) -> Path:
-    """A run folder whose final/ holds the world teacher's weights as a 4-step generator."""
-    from rzero.backbones import WorldBackbone
-
-    snap = tmp_path / "run" / "final"
-    snap.mkdir(parents=True)
-    unet = WorldBackbone(asset_dir=world_assets).unet
-    atomic_save_safetensors(dict(unet.named_parameters()), snap / "generator.safetensors")
-    (snap / "generator.json").write_text(json.dumps({"backbone": "world", "steps": 4}))
-    return tmp_path / "run"
-
-
 def sample_fails(capsys, run_dir: Path, world_assets, *fragments) -> None:
     before = tree_digest(run_dir)
     out = run_dir.parent / "x.png"

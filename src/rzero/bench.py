@@ -258,16 +258,16 @@ def _check_same_settings(out: Path, s: BenchSettings) -> None:
 
 def _check_runs_match_presets(out: Path, jobs: list[Job], s: BenchSettings) -> None:
     """A run started before its preset changed would be reused (or resumed) under the new name."""
-    import yaml
-
+    from .config import load_config
     from .config.io import to_dict
+    from .config.schema import TrainConfig
 
     for j in jobs:
         saved = out / "runs" / j.run_name / "config.yaml"
         if j.preset is None or not saved.is_file():
             continue
-        now, then = to_dict(job_config(j, s)), yaml.safe_load(saved.read_text())
-        differ = sorted(_differing_keys(now, then))
+        now, then = job_config(j, s), load_config(TrainConfig, saved)
+        differ = _differing_keys(to_dict(now), to_dict(then))
         if differ:
             raise ValueError(f"'{saved.parent}' was trained with another config than configs/{j.preset} gives now "
                              f"({', '.join(differ[:4])} differ); delete that run folder to re-run it, or pass "

@@ -181,9 +181,8 @@ def generator_source(checkpoint, cfg: EvalConfig, asset_dir=None, eta: float | N
 
     gen, meta = load_generator(checkpoint, asset_dir)
     own = float(meta.get("inference_eta", 0.0))
-    name = f"{meta.get('method', 'generator').upper()} ({gen.steps} steps)"
-    if eta is not None and eta != own:
-        name = f"{name[:-1]}, eta {eta:g})"
+    label = f"{gen.steps} steps" if eta is None or eta == own else f"{gen.steps} steps, eta {eta:g}"
+    name = f"{meta.get('method', 'generator').upper()} ({label})"
     eta = own if eta is None else float(eta)
 
     def generate(prompts, specs, idx):

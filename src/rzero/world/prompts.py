@@ -83,18 +83,17 @@ GRID_SEED = 2024
 def fixed_prompts(per_level: int = 2) -> tuple[list[str], Specs]:
     """The fixed grid prompts of the demo and the trainers' sample grids: `per_level` per level."""
     g = torch.Generator().manual_seed(GRID_SEED)
-    picked = []
+    prompts, picked = [], []
     for lv in LEVELS:
         # Draw a pool and keep the first distinct prompts: L1 has few combinations, and a grid
         # showing "a triangle" twice wastes a row.
         pool = sample_specs(16 * per_level, lv, g)
-        texts = describe(pool, torch.zeros(len(pool), dtype=torch.long))
         first: dict[str, int] = {}
-        for i, t in enumerate(texts):
+        for i, t in enumerate(describe(pool, torch.zeros(len(pool), dtype=torch.long))):
             first.setdefault(t, i)
-        keep = list(first.values())[:per_level]
-        if len(keep) < per_level:
+        if len(first) < per_level:
             raise ValueError(f"level {lv} has fewer than {per_level} distinct grid prompts")
-        picked.append(pool.index(torch.tensor(keep)))
-    specs = Specs.cat(picked)
-    return describe(specs, torch.zeros(len(specs), dtype=torch.long)), specs
+        keep = dict(list(first.items())[:per_level])
+        prompts += keep
+        picked.append(pool.index(torch.tensor(list(keep.values()))))
+    return prompts, Specs.cat(picked)
