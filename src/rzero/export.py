@@ -41,6 +41,21 @@ SUPPORTED = ("sd15", "sd3")
 INFO = "rzero_export.json"
 
 
+def check_out_apart(checkpoint: str | Path, out: str | Path) -> None:
+    """OUT must not be, hold or lie inside the run folder (or snapshot) being exported: --force
+    empties OUT, and writing into the run would mix the export with the run's own files."""
+    try:
+        snap = resolve_snapshot(checkpoint).resolve()
+    except AssetError:
+        return  # not a snapshot: the export stops with that error before it writes anything
+    sources = {Path(checkpoint).resolve(), snap} | ({snap.parent} if snap.name == "final" else set())
+    target = Path(out).resolve()
+    for src in sources:
+        if target == src or src in target.parents or target in src.parents:
+            raise ValueError(f"output '{out}' overlaps the run being exported ('{src}'); export into a folder "
+                             "outside the run folder (the run is never modified or deleted by an export)")
+
+
 def _prepare_out(out: str | Path, force: bool) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -172,6 +187,7 @@ def export_lora(checkpoint: str | Path, out: str | Path, force: bool = False) ->
 def export(checkpoint: str | Path, fmt: str, out: str | Path, dtype: str = "float32", force: bool = False) -> Path:
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format '{fmt}'; choose from {', '.join(FORMATS)}")
+    check_out_apart(checkpoint, out)  # first: nothing is read, loaded or deleted before this holds
     if fmt == "lora":
         return export_lora(checkpoint, out, force)
     return export_diffusers(checkpoint, out, dtype, force)

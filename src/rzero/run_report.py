@@ -26,12 +26,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .utils.io import AssetError, atomic_write_bytes
+from .utils.io import AssetError, atomic_write_bytes, check_run_tree
 from .utils.stats import read_jsonl
 
 ALARM_FILE = "hacking_alarm.json"
 CACHE_DIR = "report_cache"  # teacher grids, keyed by the teacher's checksum and sampler settings
 GRID_SEEDS = 4  # images per prompt in the trainers' grids (R0Trainer.sample_grid)
+MAX_FILE_BYTES = 64 << 20  # a grid PNG or JSON file larger than this is skipped, never embedded
 _STEP_PNG = re.compile(r"step_(\d+)\.png$")
 
 
@@ -51,10 +52,19 @@ class Run:
     problems: list[str] = field(default_factory=list)  # unreadable files, shown on the page
 
 
+def _too_big(path: Path, run: Run) -> bool:
+    if path.stat().st_size > MAX_FILE_BYTES:
+        run.problems.append(f"{path.name}: larger than {MAX_FILE_BYTES >> 20} MB; skipped")
+        return True
+    return False
+
+
 def _read_json(path: Path, run: Run) -> dict | None:
     try:
+        if _too_big(path, run):
+            return None
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         run.problems.append(f"{path.name}: not readable JSON ({type(e).__name__}); skipped")
         return None
     if not isinstance(data, dict):
@@ -63,10 +73,58 @@ def _read_json(path: Path, run: Run) -> dict | None:
     return data
 
 
-def read_run(run_dir: str | Path) -> Run:
-    """Collect a run folder's files; raise AssetError if it is not a run folder at all."""
+def _checked_config(text: str, run: Run) -> dict:
+    """config.yaml as a dict of the schema's types (parsed like a config: no aliases), or {}."""
     import yaml
 
+    from .config import ConfigError, from_dict, to_dict
+    from .config.io import load_yaml_text
+    from .config.schema import TrainConfig
+
+    try:
+        loaded = load_yaml_text(text)
+    except yaml.YAMLError:
+        run.problems.append("config.yaml: not valid YAML; shown as text only")
+        return {}
+    if not isinstance(loaded, dict):
+        run.problems.append("config.yaml: not a mapping of keys; shown as text only")
+        return {}
+    try:
+        return to_dict(from_dict(TrainConfig, loaded))
+    except ConfigError as e:
+        run.problems.append(f"config.yaml: does not match this version's config ({e}); shown as text only")
+        return {}
+
+
+def _checked_rows(rows: list, run: Run) -> list[dict]:
+    """The stats rows that are objects with an integer step and a numeric time; the rest skipped."""
+    good = [r for r in rows if isinstance(r, dict) and isinstance(r.get("step"), int)
+            and not isinstance(r.get("step"), bool) and isinstance(r.get("time", 0), (int, float))]
+    if len(good) != len(rows):
+        run.problems.append(f"stats.jsonl: {len(rows) - len(good)} rows are not objects with an integer 'step'; "
+                            "skipped")
+    return good
+
+
+def _checked_snapshot(meta: dict | None, run: Run) -> dict | None:
+    from .generator.load import _meta_problem
+
+    if meta is None:
+        return None
+    problem = _meta_problem(meta)
+    if not problem and not isinstance(meta.get("iteration", 0), int):
+        problem = "'iteration' is not an integer"
+    if not problem and not isinstance(meta.get("train_seconds", 0), (int, float)):
+        problem = "'train_seconds' is not a number"
+    if problem:
+        run.problems.append(f"final/generator.json: {problem}; the snapshot is ignored")
+        return None
+    return meta
+
+
+def read_run(run_dir: str | Path) -> Run:
+    """Collect a run folder's files; raise AssetError if it is not a run folder at all, or if it
+    holds a link that leads out of it (or a device): the report embeds what it reads."""
     p = Path(run_dir)
     if not p.exists():
         raise AssetError(f"run folder '{p}' not found; pass the --out folder of `rzero train`")
@@ -76,31 +134,32 @@ def read_run(run_dir: str | Path) -> Run:
     if not any(m.exists() for m in markers):
         raise AssetError(f"'{p}' is not a training run folder (no config.yaml, stats.jsonl, samples/ or final/); "
                          "pass the --out folder of `rzero train`")
+    check_run_tree(p)
     run = Run(p)
-    if (p / "config.yaml").is_file():
+    if (p / "config.yaml").is_file() and not _too_big(p / "config.yaml", run):
         run.config_text = (p / "config.yaml").read_text(encoding="utf-8", errors="replace")
-        try:
-            loaded = yaml.safe_load(run.config_text)
-            run.config = loaded if isinstance(loaded, dict) else {}
-        except yaml.YAMLError:
-            run.problems.append("config.yaml: not valid YAML; shown as text only")
+        run.config = _checked_config(run.config_text, run)
     if (p / "stats.jsonl").is_file():
         try:
-            run.rows = read_jsonl(p / "stats.jsonl")  # skips a half-written last line of a live run
-        except (ValueError, UnicodeDecodeError) as e:
-            run.problems.append(f"stats.jsonl: {' '.join(str(e).split())}; metrics and curves skipped")
+            if not _too_big(p / "stats.jsonl", run):  # skips a half-written last line of a live run
+                run.rows = _checked_rows(read_jsonl(p / "stats.jsonl"), run)
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            run.problems.append(f"stats.jsonl: {' '.join(str(e).split())[:300]}; metrics and curves skipped")
     for f in sorted(p.glob("eval_*.json")):
         data = _read_json(f, run)
         if data is not None:
             run.evals[f.stem[len("eval_"):]] = data
     run.grids = sorted((int(m.group(1)), f) for f in (p / "samples").glob("step_*.png")
-                       if (m := _STEP_PNG.search(f.name)))
+                       if (m := _STEP_PNG.search(f.name)) and f.is_file() and not _too_big(f, run))
     if (p / "final" / "generator.json").is_file():
-        run.snapshot = _read_json(p / "final" / "generator.json", run)
+        run.snapshot = _checked_snapshot(_read_json(p / "final" / "generator.json", run), run)
     run.checkpoints = sorted(int(m.group(1)) for d in (p / "checkpoints").glob("step_*")
                              if (m := re.fullmatch(r"step_(\d+)", d.name)) and (d / "state.json").is_file())
     if (p / ALARM_FILE).is_file():
         run.alarm = _read_json(p / ALARM_FILE, run)
+        if run.alarm is not None and not isinstance(run.alarm.get("events", []), list):
+            run.problems.append(f"{ALARM_FILE}: 'events' is not a list; the file is ignored")
+            run.alarm = None
     return run
 
 

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(t, "training (e.g. configs/world_r0.yaml)")
     t.add_argument("--out", default=None, help="run folder (default runs/<preset name>)")
     t.add_argument("--assets", default=None, help="world asset folder (default: the package's own)")
+    t.add_argument("--allow-config-change", action="store_true",
+                   help="resume a run folder even though the method, backbone or generator shape differs from its "
+                        "saved config.yaml (other changes, such as more iterations, never need this flag)")
 
     e = sub.add_parser("eval", help="evaluate the teacher, real renders or a trained generator with the pinned world protocol",
                        description="Inspector accuracy per level, world-FID, diversity, rewards, NFE and ms/image.")
@@ -120,8 +123,60 @@ def _command_module(name: str):
 
 
 def _fail(msg: str, code: int = EXIT_FAILURE) -> int:
-    print(f"rzero: error: {msg}", file=sys.stderr)
+    from ..utils.io import shorten_line
+
+    print(f"rzero: error: {shorten_line(msg)}", file=sys.stderr)  # one line, echoed values cut
     return code
+
+
+def check_world_manifest(folder: str | Path | None) -> None:
+    """A world asset folder's manifest.json, when there is one, must have the shape the world
+    code reads (an object whose 'assets' maps names to objects); a missing one is reported by
+    the world code itself."""
+    import json
+
+    from ..utils.io import AssetError
+    from ..world.assets import MANIFEST, default_asset_dir
+
+    path = Path(folder or default_asset_dir()) / MANIFEST
+    if not path.is_file():
+        return
+    fix = "rebuild it with `rzero world build` (or point --assets at a built asset folder)"
+    if path.stat().st_size > 10 << 20:
+        raise AssetError(f"world manifest '{path}' is larger than 10 MB; {fix}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise AssetError(f"world manifest '{path}' is not valid JSON ({type(e).__name__}); {fix}") from None
+    assets = data.get("assets") if isinstance(data, dict) else None
+    if not isinstance(assets, dict):
+        raise AssetError(f"world manifest '{path}' has no 'assets' object; {fix}")
+    for name, entry in assets.items():
+        ok = isinstance(entry, dict) and isinstance(entry.get("sha256", ""), str) and \
+            isinstance(entry.get("bytes", 0), int) and isinstance(entry.get("config_hash", ""), str)
+        if not ok:
+            raise AssetError(f"world manifest '{path}': entry '{name}' is not an object with a string 'sha256' and "
+                             f"an integer 'bytes'; {fix}")
+
+
+def check_reward_options(options: dict, key: str, reserved: tuple[str, ...] = ("asset_dir",)) -> None:
+    """Every option under `key` (reward.options, scale.reward_options) is a constructor argument of
+    its reward; an unknown one would otherwise end in a TypeError inside the constructor."""
+    import inspect
+
+    from ..config import ConfigError
+    from ..rewards import REWARDS
+
+    for name, opts in options.items():
+        if name not in REWARDS:
+            continue  # reported with the list of rewards when the reward is built
+        params = inspect.signature(REWARDS[name].__init__).parameters
+        accepted = [p for p in params if p != "self" and p not in reserved
+                    and params[p].kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+        for opt in opts:
+            if opt not in accepted:
+                raise ConfigError(f"config key '{key}[{name}].{opt}' is not an option of reward '{name}' "
+                                  f"(its options: {', '.join(accepted) or 'none'}; docs/rewards.md)")
 
 
 def check_output_file(path: str | None, flag: str) -> None:
@@ -162,6 +217,7 @@ def cmd_world(args) -> int:
             return 0
         from ..world.build import build_world
 
+        check_world_manifest(cfg.out_dir or None)  # the build updates it in place
         command = "rzero " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         manifest = build_world(cfg, only=args.only, force=args.force, command=command)
         print(f"world build: manifest has {len(manifest['assets'])} assets")
@@ -190,7 +246,9 @@ def _eval_config(args):
             raise ValueError(f"--eta must be in [0, 1], got {args.eta}")
         if not args.checkpoint:  # the teacher's eta is a protocol field; a generator's lives in its snapshot
             overrides.append(f"eta={args.eta}")
-    return load_config(EvalConfig, config, overrides)
+    cfg = load_config(EvalConfig, config, overrides)
+    check_reward_options(cfg.scale.reward_options, "scale.reward_options", reserved=())
+    return cfg
 
 
 def cmd_eval(args) -> int:
@@ -317,15 +375,50 @@ def cmd_train(args) -> int:
 
     config, overrides = _split_config(args)
     cfg = load_config(TrainConfig, config, overrides)
+    check_reward_options(cfg.reward.options, "reward.options")
     if args.dry_run:
         print(format_config(cfg), end="")
         return 0
     from ..trainers import TRAINERS
 
     out = Path(args.out) if args.out else Path("runs") / (Path(config).stem if config else cfg.method)
-    final = TRAINERS[cfg.method](cfg, out, asset_dir=args.assets).fit()
+    check_resume_config(out, cfg, args.allow_config_change)
+    trainer = TRAINERS[cfg.method](cfg, out, asset_dir=args.assets)
+    generator, backbone = getattr(trainer, "generator", None), getattr(trainer, "backbone", None)
+    if generator is not None and backbone is not None:  # sd15 reads its schedule from the model folder
+        from ..generator.load import check_schedule_timesteps
+
+        check_schedule_timesteps(generator.timesteps, backbone.schedule, "generator.timesteps")
+    final = trainer.fit()
     print(f"train: generator snapshot written to {final}")
     return 0
+
+
+def check_resume_config(out: Path, cfg, allow_change: bool) -> None:
+    """Refuse to resume a run folder whose saved config.yaml has another method, backbone or
+    generator shape (the checkpoint would be continued as something it is not), unless
+    --allow-config-change; the other fields (iterations, logging...) may change freely."""
+    from ..config import ConfigError, load_config
+    from ..config.schema import TrainConfig
+    from ..utils.guards import resume_changes
+    from ..utils.io import check_run_tree, run_file
+
+    saved_path = out / "config.yaml"
+    if not out.is_dir() or not saved_path.exists():
+        return
+    check_run_tree(out)
+    run_file(out, saved_path)
+    flag = "pass another --out, or --allow-config-change to resume it with the new config anyway"
+    try:
+        saved = load_config(TrainConfig, saved_path)
+    except ConfigError as e:
+        if allow_change:
+            return
+        raise ConfigError(f"run folder '{out}' has a config.yaml this version cannot read ({e}); {flag}") from None
+    changes = resume_changes(saved, cfg)
+    if changes and not allow_change:
+        raise ConfigError(f"run folder '{out}' was trained with another config ({'; '.join(changes)}); resuming "
+                          f"would continue its checkpoints as a different run: {flag}")
 
 
 def cmd_demo(args) -> int:
@@ -357,11 +450,22 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"world": cmd_world, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "demo": cmd_demo}
     try:
         handler = handlers.get(args.command) or args.handler
+        if hasattr(args, "assets"):
+            check_world_manifest(args.assets)
         return handler(args)
     except ConfigError as e:
         return _fail(str(e), EXIT_USAGE)
     except (AssetError, ValueError) as e:
         return _fail(" ".join(str(e).split()))
+    except MemoryError:
+        return _fail("out of memory; lower batch_size (use grad_accum for a larger effective batch) or the number "
+                     "of images asked for")
+    except RuntimeError as e:  # torch's allocator failures are RuntimeErrors; anything else is a bug
+        text = str(e)
+        if not any(m in text for m in ("can't allocate memory", "out of memory", "not enough memory")):
+            raise
+        return _fail(f"out of memory ({text.splitlines()[0][:160]}); lower batch_size (use grad_accum for a larger "
+                     "effective batch) or the number of images asked for")
     except OSError as e:  # unwritable output, a folder where a file is expected, a full disk...
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         return _fail(f"{e.strerror or e}{where}; check the path and its permissions")

@@ -18,6 +18,10 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--assets", default=None, help="world asset folder (default: the package's own)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests whose Host header is NAME (repeatable; '*' turns the check off). "
+                        "By default only the --host address, localhost and IP addresses are answered, so a web "
+                        "page elsewhere cannot reach the demo through DNS rebinding")
     p.set_defaults(handler=run)
 
 
@@ -28,6 +32,58 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _host_name(header: str) -> str:
+    """The name part of a Host header value ("Name:8080" -> "name", "[::1]:80" -> "::1")."""
+    h = header.strip().lower()
+    if h.startswith("["):
+        return h[1:h.find("]")] if "]" in h else h
+    if h.count(":") == 1:
+        h = h.split(":", 1)[0]
+    return h.rstrip(".")
+
+
+def host_allowed(header: str | None, bound: str, extra: list[str] | tuple[str, ...] = ()) -> bool:
+    """Whether a request's Host header names this server. DNS rebinding needs a domain name
+    that the attacker controls, so the accepted names are: the bound --host, localhost, any
+    IP address literal, and the names given with --allow-host ('*': every name)."""
+    if "*" in extra:
+        return True
+    if not header:
+        return False
+    name = _host_name(header)
+    if name in {_host_name(bound), "localhost", *(_host_name(e) for e in extra)}:
+        return True
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+def guard_host(app, bound: str, extra: list[str] | tuple[str, ...] = ()):
+    """`app` (ASGI) behind the Host check: another Host gets a 400 with a one-line JSON error."""
+    import json
+
+    async def checked(scope, receive, send):
+        if scope["type"] in ("http", "websocket"):
+            headers = dict(scope.get("headers") or [])
+            header = headers.get(b"host", b"").decode("latin-1")
+            if not host_allowed(header, bound, extra):
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                body = json.dumps({"error": f"Host '{header[:80]}' is not this server; open the demo at its own "
+                                            "address, or restart with --allow-host NAME"}).encode()
+                await send({"type": "http.response.start", "status": 400,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await app(scope, receive, send)
+
+    return checked
 
 
 def run(args) -> int:
@@ -51,5 +107,6 @@ def run(args) -> int:
             if models.generator is not None else "teacher only")
     url_host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"serve: {what} on http://{url_host}:{args.port}/ (Ctrl+C to stop)", flush=True)
-    uvicorn.run(create_app(models), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(guard_host(create_app(models), args.host, args.allow_host), host=args.host, port=args.port,
+                log_level="warning")
     return 0

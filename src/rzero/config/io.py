@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
-from rzero.utils.io import atomic_write_bytes
+from rzero.utils.io import atomic_write_bytes, shorten, shorten_line
 
 T = TypeVar("T")
 
@@ -38,11 +38,11 @@ __all__ = [
 
 
 class ConfigError(ValueError):
-    """A user-fixable configuration problem; the message is always a single line."""
+    """A user-fixable configuration problem; the message is always a single, bounded line."""
 
     def __init__(self, message: str) -> None:
-        # Collapse line breaks so the message fits the one-line CLI error format.
-        super().__init__(re.sub(r"\s*[\r\n]+\s*", " ", message).strip())
+        # One line (the CLI's error format), and no echo of a huge value: long tokens are cut.
+        super().__init__(shorten_line(message))
 
 
 # --------------------------------------------------------------------------- YAML
@@ -53,7 +53,29 @@ _EXP_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9_]+)[eE][-+]?[0-
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads ``1e-4`` as a float and rejects duplicate mapping keys."""
+    """SafeLoader that reads ``1e-4`` as a float and rejects duplicate mapping keys and aliases.
+
+    Aliases (``*name``, and so ``<<: *name`` merges) are refused outright: nested aliases
+    expand exponentially (a config of a few hundred bytes can stand for billions of nodes,
+    the "billion laughs"), and no rzero config needs them.
+    """
+
+    MAX_DEPTH = 64  # nesting levels; deeper input would exhaust Python's recursion limit
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"alias *{shorten(str(event.anchor), 40)} is not allowed in an rzero config "
+                "(write the value out in full)", event.start_mark)
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > self.MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {self.MAX_DEPTH} levels deep", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         # PyYAML silently keeps the last duplicate key, which hides typos in configs.
@@ -77,7 +99,19 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXP_FLOAT, list("-+012
 
 
 def _yaml_load(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader derives from SafeLoader
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader derives from SafeLoader
+    except (ValueError, RecursionError) as exc:  # e.g. an integer of more than 4300 digits
+        raise yaml.YAMLError(shorten(str(exc).split(";")[0], 120)) from None
+
+
+def load_yaml_text(text: str) -> Any:
+    """Parse YAML text the way configs are parsed (safe, no aliases, bounded nesting).
+
+    For YAML that did not come from the user directly (a run folder's config.yaml): raises
+    ``yaml.YAMLError`` on anything the config loader refuses.
+    """
+    return _yaml_load(text)
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -93,8 +127,9 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    if isinstance(value, (list, dict)) and len(value) > 20:
+        return f"a {type(value).__name__} of {len(value)} items"  # repr of a huge container is slow
+    return shorten(repr(value), 60)
 
 
 def _type_name(tp: Any) -> str:
@@ -361,12 +396,12 @@ def parse_override(s: str) -> tuple[str, Any]:
     value (``name='001'``) stays a string.
     """
     if "=" not in s:
-        raise ConfigError(f"override {s!r} has no '='; write it as dotted.key=VALUE")
+        raise ConfigError(f"override {_show(s)} has no '='; write it as dotted.key=VALUE")
     key, text = s.split("=", 1)
     key = key.strip()
     if not split_key(key):
         raise ConfigError(
-            f"override {s!r} has an invalid key {key!r}; write it as dotted.key=VALUE "
+            f"override {_show(s)} has an invalid key {_show(key)}; write it as dotted.key=VALUE "
             "(a name with dots goes in brackets: reward.options[hps-v2.1].path=...)"
         )
     if text.strip() == "":
@@ -375,7 +410,7 @@ def parse_override(s: str) -> tuple[str, Any]:
         value = _yaml_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(
-            f"override '{key}' has an unparsable value {text!r} ({_yaml_problem(exc)}); "
+            f"override '{key}' has an unparsable value {_show(text)} ({_yaml_problem(exc)}); "
             "quote it to pass a string"
         ) from None
     return key, value

@@ -14,6 +14,54 @@ def _positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be > 0, got {value}")
 
 
+# Upper bounds on sizes that are allocated up front: past these a config is a typo, and the run
+# would only end in an out-of-memory abort (libgomp aborts the process for absurd thread counts).
+MAX_THREADS = 1024
+MAX_BATCH = 4096  # images per micro-batch of one process (training, evaluation)
+MAX_SEED = 2**32 - 1
+# The world backbone's noise schedule: VPSchedule() with integer timesteps 0..999.
+WORLD_TIMESTEPS = 1000
+
+
+def _at_most(name: str, value: float, limit: float, why: str = "") -> None:
+    if value > limit:
+        raise ValueError(f"{name} must be <= {limit}, got {value}{why}")
+
+
+def _seed(name: str, value: int) -> None:
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{name} must be in [0, 2**32 - 1], got {value}")
+
+
+def _threads(name: str, value: int) -> None:
+    _positive(name, value)
+    _at_most(name, value, MAX_THREADS, " (torch CPU threads; more than any machine has)")
+
+
+def timestep_range(backbone: str) -> tuple[float, float] | None:
+    """Valid generator timesteps of a backbone known without loading it: (low, high), or None.
+
+    world: its VP schedule's integer timesteps; sd3: rectified-flow times in [0, 1]. sd15 reads
+    its schedule from the model folder, so its range is checked when the model is loaded.
+    """
+    if backbone == "world":
+        return 0.0, float(WORLD_TIMESTEPS - 1)
+    if backbone == "sd3":
+        return 0.0, 1.0
+    return None
+
+
+def check_timesteps(key: str, timesteps, low: float, high: float) -> None:
+    """Every timestep in [low, high] and strictly decreasing (the generator runs from noise down)."""
+    for i, t in enumerate(timesteps):
+        if not low <= t <= high:
+            where = f"[{low:g}, {high:g}]" if high != float("inf") else f">= {low:g}"
+            raise ValueError(f"{key}[{i}] = {t} is outside the backbone's schedule ({where})")
+    for i in range(1, len(timesteps)):
+        if not timesteps[i] < timesteps[i - 1]:
+            raise ValueError(f"{key} must decrease (noise first), got {list(timesteps)}")
+
+
 @dataclass
 class StageConfig:
     """Training schedule of one world network."""
@@ -25,6 +73,7 @@ class StageConfig:
     def __post_init__(self):
         _positive("steps", self.steps)
         _positive("batch_size", self.batch_size)
+        _at_most("batch_size", self.batch_size, 65536)
         _positive("lr", self.lr)
 
 
@@ -106,7 +155,8 @@ class WorldBuildConfig:
 
     def __post_init__(self):
         _positive("pool_size", self.pool_size)
-        _positive("threads", self.threads)
+        _threads("threads", self.threads)
+        _seed("seed", self.seed)
 
 
 @dataclass
@@ -136,6 +186,7 @@ class ScaleEvalConfig:
         if self.backbone not in ("", "sd15", "sd3"):
             raise ValueError(f"backbone must be 'sd15' or 'sd3', got '{self.backbone}'")
         _positive("batch_size", self.batch_size)
+        _at_most("batch_size", self.batch_size, MAX_BATCH)
         if self.max_prompts < 0:
             raise ValueError(f"max_prompts must be >= 0, got {self.max_prompts}")
         if not 0 <= self.eta <= 1:
@@ -175,6 +226,9 @@ class EvalConfig:
                              "scale.backbone_path=FOLDER_OR_HUB_ID")
         for name in ("steps", "prompts_per_level", "heldout_prompts", "batch_size", "threads"):
             _positive(name, getattr(self, name))
+        _threads("threads", self.threads)
+        _at_most("batch_size", self.batch_size, MAX_BATCH)
+        _seed("seed", self.seed)
         if self.diversity_seeds < 2:
             raise ValueError(f"diversity_seeds must be >= 2, got {self.diversity_seeds}")
         if self.cfg < 0:
@@ -201,6 +255,7 @@ class GeneratorConfig:
 
     def __post_init__(self):
         _positive("steps", self.steps)
+        _at_most("steps", self.steps, WORLD_TIMESTEPS, " (a few-step generator; the schedules have 1000 timesteps)")
         if self.renoise not in ("mix", "ddim_sigma"):
             raise ValueError(f"renoise must be 'mix' or 'ddim_sigma', got '{self.renoise}'")
         if not 0 <= self.eta_min <= self.eta_max <= 1:
@@ -209,6 +264,7 @@ class GeneratorConfig:
             raise ValueError(f"inference_eta must be in [0, 1], got {self.inference_eta}")
         if self.timesteps and len(self.timesteps) != self.steps:
             raise ValueError(f"{len(self.timesteps)} timesteps given for {self.steps} steps")
+        check_timesteps("timesteps", self.timesteps, 0.0, float("inf"))  # the upper end: TrainConfig
 
 
 @dataclass
@@ -276,6 +332,8 @@ class R0PlusConfig:
         if self.hires_weight < 0:
             raise ValueError(f"hires_weight must be >= 0, got {self.hires_weight}")
         _positive("hires_t_max", self.hires_t_max)
+        _at_most("hires_t_max", self.hires_t_max, WORLD_TIMESTEPS,
+                 " (timesteps of the world schedule that the sharpness classifier is queried at)")
 
 
 @dataclass
@@ -398,6 +456,16 @@ class TrainConfig:
                      "keep_checkpoints", "sample_every"):
             _positive(name, getattr(self, name))
         _positive("max_consecutive_skips", self.max_consecutive_skips)
+        _threads("threads", self.threads)
+        _seed("seed", self.seed)
+        _at_most("batch_size", self.batch_size, MAX_BATCH, " (per process; use grad_accum for larger batches)")
+        _positive("track_prompts", self.track_prompts)
+        span = timestep_range(self.backbone)
+        if span is not None:
+            check_timesteps("generator.timesteps", self.generator.timesteps, *span)
+            if self.method == "distar" and self.di.t_init >= 0 and not self.di.t_init <= span[1]:
+                raise ValueError(f"di.t_init = {self.di.t_init} is outside the backbone's schedule "
+                                 f"[{span[0]:g}, {span[1]:g}] (< 0: the top timestep)")
         if self.alarm_patience < 0:
             raise ValueError(f"alarm_patience must be >= 0 (0 disables the alarm), got {self.alarm_patience}")
         if self.r0plus.intermediate_first_step > self.generator.steps:

@@ -8,9 +8,11 @@ mode, and for real-scale backbones the model path, dtype and LoRA settings) + co
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
-from ..utils.io import AssetError, copy_weights_, load_safetensors
+from ..config.schema import WORLD_TIMESTEPS
+from ..utils.io import AssetError, copy_weights_, load_safetensors, shorten
 from .few_step import FewStepGenerator
 
 
@@ -56,17 +58,81 @@ def resolve_snapshot(path: str | Path) -> Path:
                      "pass a finished run folder of `rzero train` or its final/ subfolder")
 
 
-def read_meta(snap: Path) -> dict:
-    path = snap / "generator.json"
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AssetError(f"'{path}' is not valid JSON ({e})") from e
-    steps = meta.get("steps") if isinstance(meta, dict) else None
+MAX_META_BYTES = 1 << 20  # generator.json is a few hundred bytes; anything this large is not one
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _meta_problem(meta: dict) -> str:
+    """What is wrong with a snapshot's metadata (types and ranges), or "" if nothing."""
+    steps = meta.get("steps")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise AssetError(f"'{path}' lacks a positive integer 'steps' (the generator's step count); "
-                         "the snapshot is damaged: restore generator.json or train again with `rzero train`")
+        return "lacks a positive integer 'steps' (the generator's step count)"
+    if steps > WORLD_TIMESTEPS:
+        return f"'steps' is {steps}, more than the {WORLD_TIMESTEPS} timesteps of any schedule"
+    for key in ("backbone", "method", "backbone_path", "renoise"):
+        if key in meta and not isinstance(meta[key], str):
+            return f"'{key}' is not a string"
+    if meta.get("backbone", "world") not in ("world", "sd15", "sd3"):
+        return f"'backbone' is {shorten(repr(meta['backbone']), 40)}, not one of world, sd15, sd3"
+    if meta.get("backbone", "world") != "world" and not meta.get("backbone_path"):
+        return f"names backbone '{meta['backbone']}' but no 'backbone_path'"
+    if meta.get("renoise", "mix") not in ("mix", "ddim_sigma"):
+        return f"'renoise' is {shorten(repr(meta['renoise']), 40)}, not 'mix' or 'ddim_sigma'"
+    if "backbone_dtype" in meta and meta["backbone_dtype"] not in ("float32", "bfloat16", "float16"):
+        return "'backbone_dtype' is not one of float32, bfloat16, float16"
+    eta = meta.get("inference_eta", 0.0)
+    if not _number(eta) or not 0 <= eta <= 1:
+        return "'inference_eta' is not a number in [0, 1]"
+    ts = meta.get("timesteps")
+    if ts is not None:
+        if not isinstance(ts, list) or not all(_number(t) for t in ts):
+            return "'timesteps' is not a list of finite numbers"
+        if len(ts) != steps:
+            return f"'timesteps' has {len(ts)} entries for {steps} steps"
+        if any(not b < a for a, b in zip(ts, ts[1:])):
+            return "'timesteps' does not decrease"
+    lora = meta.get("lora")
+    if lora is not None:
+        if not isinstance(lora, dict):
+            return "'lora' is not an object"
+        rank, alpha, targets = lora.get("rank", 0), lora.get("alpha", 0.0), lora.get("target_modules")
+        if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank <= 65536:
+            return "'lora.rank' is not an integer in [0, 65536]"
+        if not _number(alpha) or alpha < 0:
+            return "'lora.alpha' is not a number >= 0"
+        if rank > 0 and (not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets)):
+            return "'lora.target_modules' is not a list of layer names"
+    return ""
+
+
+def read_meta(snap: Path) -> dict:
+    """A snapshot's generator.json, checked for types and ranges (AssetError otherwise)."""
+    path = snap / "generator.json"
+    fix = "the snapshot is damaged: restore generator.json or train again with `rzero train`"
+    if path.is_file() and path.stat().st_size > MAX_META_BYTES:
+        raise AssetError(f"'{path}' is larger than {MAX_META_BYTES >> 20} MB, not a snapshot's metadata; {fix}")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise AssetError(f"'{path}' is not valid JSON ({type(e).__name__}); {fix}") from e
+    if not isinstance(meta, dict):
+        raise AssetError(f"'{path}' holds a JSON {type(meta).__name__}, not an object; {fix}")
+    problem = _meta_problem(meta)
+    if problem:
+        raise AssetError(f"'{path}' {problem}; {fix}")
     return meta
+
+
+def check_schedule_timesteps(timesteps, schedule, where: str) -> None:
+    """Generator timesteps must lie on the backbone's schedule: VP integer steps 0..T-1 (a value
+    outside would index past the schedule's tables, or wrap around when negative), flow [0, 1]."""
+    high = 1.0 if schedule.kind == "flow" else float(schedule.num_train_timesteps - 1)
+    for i, t in enumerate(float(t) for t in timesteps):
+        if not 0.0 <= t <= high:
+            raise AssetError(f"{where}: timestep {i} is {t:g}, outside the backbone's schedule [0, {high:g}]")
 
 
 def load_generator(path: str | Path, asset_dir=None, device=None, dtype: str | None = None,
@@ -103,5 +169,10 @@ def load_generator(path: str | Path, asset_dir=None, device=None, dtype: str | N
     else:
         copy_weights_(dict(denoiser.named_parameters()), weights, weights_path)
     backbone.eval().requires_grad_(False)
+    where = f"'{snap / 'generator.json'}'"
+    if meta["steps"] > backbone.schedule.num_train_timesteps:
+        raise AssetError(f"{where}: {meta['steps']} steps exceed the backbone's {backbone.schedule.num_train_timesteps} "
+                         "timesteps; the snapshot is damaged")
     gen = FewStepGenerator(backbone, int(meta["steps"]), meta.get("timesteps"), meta.get("renoise", "mix"))
+    check_schedule_timesteps(gen.timesteps, backbone.schedule, where)
     return gen.eval(), meta

@@ -35,10 +35,12 @@ from tqdm.auto import tqdm
 
 from ..config import save_config
 from ..config.schema import TrainConfig
-from ..utils.io import (AssetError, atomic_save_safetensors, atomic_write_bytes, copy_weights_, fsync_dir,
-                        load_safetensors, remove_tree, sha256_file, torch_load_safe, torch_save_bytes)
+from ..utils.guards import (checkpoint_state_problem, finite_values, guarded_optimizer_step, lock_run_folder,
+                            truncate_stats, unlock_run_folder)
+from ..utils.io import (AssetError, atomic_save_safetensors, atomic_write_bytes, check_run_tree, copy_weights_,
+                        fsync_dir, load_safetensors, remove_tree, sha256_file, torch_load_safe, torch_save_bytes)
 from ..utils.seeding import derived_generator
-from ..utils.stats import StatsLogger, read_jsonl
+from ..utils.stats import StatsLogger
 from .alarm import RewardHackingAlarm
 
 CHECKPOINT_FORMAT = 2  # 2: state.json lists files with sha256; 1 (no "files"): accepted on resume
@@ -256,15 +258,21 @@ class Trainer:
     def fit(self) -> Path:
         cfg, acc = self.cfg, self.accelerator
         self.out.mkdir(parents=True, exist_ok=True)
-        self.maybe_resume()  # first: a failed resume must leave the run folder as it was
-        if acc.is_main_process:
-            save_config(cfg, self.out / "config.yaml")
-        previous_handlers = self._install_signal_handlers()
+        # One writer per run folder (rank 0 holds the lock), and nothing in it that links outside.
+        lock = lock_run_folder(self.out) if acc.is_main_process else None
         try:
-            self._loop()
+            check_run_tree(self.out)
+            self.maybe_resume()  # first: a failed resume must leave the run folder as it was
+            if acc.is_main_process:
+                save_config(cfg, self.out / "config.yaml")
+            previous_handlers = self._install_signal_handlers()
+            try:
+                self._loop()
+            finally:
+                self._restore_signal_handlers(previous_handlers)
+            return self.save_snapshot()
         finally:
-            self._restore_signal_handlers(previous_handlers)
-        return self.save_snapshot()
+            unlock_run_folder(lock)
 
     def _loop(self) -> None:
         cfg, acc = self.cfg, self.accelerator
@@ -352,7 +360,7 @@ class Trainer:
             g = self.step_generator(micro)
             with acc.accumulate(self.model):
                 loss, m = self.train_step(g)
-                finite = finite and bool(torch.isfinite(loss.detach()).all())
+                finite = finite and bool(torch.isfinite(loss.detach()).all()) and finite_values(m)  # NaN rewards too
                 acc.backward(loss)
                 if acc.sync_gradients:
                     self._all_reduce_gradients()
@@ -361,7 +369,12 @@ class Trainer:
                     m["grad_norm/params"] = self._clip_gradients(max_norm)
                     finite = finite and math.isfinite(m["grad_norm/params"])
                     if not self._any_rank(not finite):
-                        self.optimizer.step()
+                        params = [p for p in self.model.parameters() if p.requires_grad]
+                        if self._any_rank(not guarded_optimizer_step(self.optimizer, params)):
+                            raise NonFiniteError(
+                                f"the optimizer step of iteration {self.iteration + 1} overflowed (non-finite weights "
+                                f"with optim.lr={cfg.optim.lr:g}); stopped without saving; the last good checkpoint "
+                                f"is '{self._newest_checkpoint()}'; lower optim.lr")
                         stepped = True
                     self.optimizer.zero_grad(set_to_none=True)
             for k, v in m.items():
@@ -480,10 +493,13 @@ class Trainer:
             state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None, "no state.json (incomplete)"
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             return None, f"state.json is not valid JSON ({e.__class__.__name__})"
-        if not isinstance(state, dict) or not isinstance(state.get("iteration"), int):
-            return None, "state.json has no integer 'iteration'"
+        except OSError as e:
+            return None, f"state.json cannot be read ({e.strerror})"
+        problem = checkpoint_state_problem(state)  # types and ranges of every field resume reads
+        if problem:
+            return None, problem
         files = state.get("files")
         if files is None:  # format 1 (before sha256 lists): check presence only
             files = {"model.safetensors": None, "optimizer.pt": None}
@@ -509,6 +525,8 @@ class Trainer:
         acc = self.accelerator
         ckpts = self._checkpoints()
         if not ckpts:
+            if acc.is_main_process:  # a restart from scratch logs every row again (step 0 included)
+                truncate_stats(self.out / "stats.jsonl", None)
             return
         skipped: list[tuple[Path, str]] = []
         chosen, state = None, None
@@ -588,14 +606,7 @@ class Trainer:
 
     def _truncate_stats(self) -> None:
         """Drop stats rows logged after the resumed checkpoint: those iterations run again."""
-        path = self.out / "stats.jsonl"
-        if not path.is_file():
-            return
-        rows = read_jsonl(path)
-        keep = [r for r in rows if int(r.get("step", 0)) <= self.iteration]
-        if len(keep) != len(rows) or not path.read_bytes().endswith(b"\n") and path.stat().st_size:
-            text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in keep)
-            atomic_write_bytes(path, text.encode())
+        truncate_stats(self.out / "stats.jsonl", self.iteration)
 
     def save_snapshot(self) -> Path:
         """Inference snapshot: EMA weights (or the raw ones) + what is needed to sample."""

@@ -19,11 +19,15 @@ if TYPE_CHECKING:
 __all__ = [
     "AssetError",
     "atomic_save_safetensors",
+    "check_run_tree",
     "atomic_write_bytes",
     "fsync_dir",
     "load_safetensors",
     "remove_tree",
+    "run_file",
     "sha256_file",
+    "shorten",
+    "shorten_line",
     "torch_load_safe",
 ]
 
@@ -37,6 +41,91 @@ def _brief(exc: BaseException, limit: int = 160) -> str:
     lines = str(exc).strip().splitlines()
     text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shorten(text: str, limit: int = 60) -> str:
+    """``text`` cut to at most ``limit`` characters (head + "..." + tail) for error lines."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 3) * 2 // 3
+    return text[:head] + "..." + text[len(text) - (limit - 3 - head):]
+
+
+def shorten_line(message: str, token_limit: int = 80, limit: int = 1000) -> str:
+    """One error line: whitespace collapsed, each overlong token (an echoed value, a path) cut
+    in its middle, and the whole line cut in its middle if still longer than ``limit``, so the
+    problem (the start) and the fix (the end) both stay visible."""
+    words = [shorten(w, token_limit) for w in message.split()]
+    return shorten(" ".join(words), limit)
+
+
+def _within(root: Path, path: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def run_file(root: str | Path, path: str | Path, kind: str = "file") -> Path:
+    """``path`` if it is safe to read or write as part of run folder ``root``, else AssetError.
+
+    Safe means: resolving every symbolic link on the way ends inside ``root`` (a link may point
+    elsewhere in the run folder, never out of it), and an existing target is a regular file
+    (``kind="file"``) or a folder (``kind="dir"``), never a device, pipe or socket. A missing
+    target is fine (it will be created). ``path`` may be relative to ``root``.
+    """
+    import stat
+
+    base = Path(root).resolve()
+    p = Path(path) if Path(path).is_absolute() else Path(root) / path
+    real = p.resolve()
+    if not _within(base, real):
+        raise AssetError(f"'{shorten(str(p), 200)}' is a link that leaves the run folder '{shorten(str(root), 200)}' "
+                         f"(it points to '{shorten(str(real), 200)}'); remove the link or copy the file into the "
+                         "run folder")
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        return p
+    except OSError as exc:
+        raise AssetError(f"'{shorten(str(p), 200)}' cannot be inspected ({exc.strerror}); check its permissions") \
+            from None
+    ok = stat.S_ISDIR(mode) if kind == "dir" else stat.S_ISREG(mode)
+    if not ok:
+        what = "a folder" if kind == "dir" else "a regular file"
+        raise AssetError(f"'{shorten(str(p), 200)}' in run folder '{shorten(str(root), 200)}' is not {what}; "
+                         "move it away")
+    return p
+
+
+def check_run_tree(root: str | Path, max_entries: int = 200_000) -> None:
+    """Refuse a run folder holding a link that leads out of it, or a device, pipe or socket.
+
+    Called before a command reads a run folder into a report or writes into it (a resumed run
+    appends to stats.jsonl and rewrites checkpoints, snapshot and samples): a file there that
+    is a link to somewhere else would otherwise be read (and embedded) or written through.
+    Links are not followed while walking; each one is resolved and must stay inside ``root``.
+    """
+    import stat
+
+    top = Path(root)
+    if not top.exists():
+        return
+    base = top.resolve()
+    seen = 0
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
+        for name in dirnames + filenames:
+            seen += 1
+            if seen > max_entries:
+                raise AssetError(f"run folder '{shorten(str(top), 200)}' holds more than {max_entries} entries; "
+                                 "this is not a run folder of `rzero train`")
+            p = Path(dirpath) / name
+            try:
+                mode = os.lstat(p).st_mode
+            except FileNotFoundError:
+                continue  # removed meanwhile (a live run rotating its checkpoints)
+            if stat.S_ISLNK(mode):
+                run_file(top, p, kind="dir" if p.is_dir() else "file")
+            elif not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise AssetError(f"'{shorten(str(p), 200)}' in run folder '{shorten(str(top), 200)}' is a device, "
+                                 "pipe or socket, not a file; move it away")
 
 
 def fsync_dir(directory: str | Path) -> None:
