@@ -133,6 +133,60 @@ def test_page_and_info_work_offline(client):
     assert info["generator"]["steps"] == 4 and info["image_size"] == [32, 32]
 
 
+def test_info_defaults_and_limits_are_the_validations_own(client, checkpoint):
+    from pydantic import ValidationError
+
+    from rzero.config.schema import EvalConfig
+    from rzero.generator.load import read_meta, resolve_snapshot
+    from rzero.serve import GenerateRequest
+
+    info = client.get("/api/info").json()
+    d, lim = info["defaults"], info["limits"]
+    # The teacher at the evaluation protocol's sampler (eta 0, not 1); the generator at its own eta.
+    protocol = EvalConfig()
+    assert (d["steps"], d["cfg"], d["teacher_eta"]) == (protocol.steps, protocol.cfg, protocol.eta) == (25, 7.5, 0.0)
+    assert d["eta"] == read_meta(resolve_snapshot(checkpoint))["inference_eta"] == 0.75  # the R0 preset's
+    assert d["models"] == ["generator", "teacher"] and d["seed"] == 0 and d["num_images"] == 1
+    assert lim["prompt"] == {"type": "string", "max_length": 500}
+    assert lim["seed"] == {"type": "integer", "min": 0, "max": 2**53 - 1}
+    assert lim["eta"] == lim["teacher_eta"] == {"type": "number", "min": 0.0, "max": 1.0}
+    assert lim["models"]["choices"] == ["generator", "teacher"]
+    numeric = [f for f, spec in lim.items() if spec["type"] in ("integer", "number")]
+    assert sorted(numeric) == sorted(["seed", "num_images", "steps", "cfg", "eta", "teacher_eta", "upscale"])
+    # Every default is accepted, and so is each bound, and a real number between two "steps";
+    # one unit (integer) or a hair (number) outside a bound is refused, naming the field.
+    GenerateRequest(prompt="x", **{f: d[f] for f in numeric})
+    for f in numeric:
+        spec = lim[f]
+        outside = 1 if spec["type"] == "integer" else 1e-6
+        inside = [spec["min"], spec["max"]] + ([] if spec["type"] == "integer" else [spec["min"] + 0.123457])
+        for v in inside:
+            assert getattr(GenerateRequest(prompt="x", **{f: v}), f) == v
+        for v in (spec["min"] - outside, spec["max"] + outside):
+            with pytest.raises(ValidationError, match=f):
+                GenerateRequest(prompt="x", **{f: v})
+    with pytest.raises(ValidationError):
+        GenerateRequest(prompt="x" * (lim["prompt"]["max_length"] + 1))
+
+
+def test_the_page_repeats_no_default_or_limit(client):
+    # One source of truth: the page's number inputs carry no value, min, max or step of their own
+    # (its script sets them from /api/info), and each is a numeric field of the API.
+    import re
+
+    page, lim = client.get("/").text, client.get("/api/info").json()["limits"]
+    inputs = re.findall(r"<input\b[^>]*>", page)
+    assert len(inputs) == 7  # the prompt and six numbers
+    for tag in inputs:
+        assert not re.search(r"\b(value|min|max|step|maxlength|required)=", tag), tag
+        field = re.search(r'id="(\w+)"', tag).group(1)
+        assert field in lim, tag
+        if 'type="number"' in tag:
+            assert lim[field]["type"] in ("integer", "number")
+    assert re.search(r'<form id="form"[^>]*\bnovalidate\b', page)  # the server judges, the page shows its words
+    assert 'el.step = lim.type === "integer" ? "1" : "any"' in page
+
+
 def test_teacher_only_server(world_assets):
     from starlette.testclient import TestClient
 

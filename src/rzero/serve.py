@@ -5,7 +5,7 @@ analytics; a Content-Security-Policy header forbids the page any other origin), 
 API the page itself uses:
 
     GET  /             the page: prompt, seed, teacher steps, CFG, eta; images side by side
-    GET  /api/info     loaded models, image size, defaults and limits
+    GET  /api/info     loaded models, image size, and every request field's default and limits
     POST /api/generate {"prompt": "a red circle", "seed": 0, ...} -> PNGs as data URIs + latency
     GET  /healthz      {"ok": true}
 
@@ -13,6 +13,12 @@ Both models start from the same noise per seed (one noise per image index, as in
 `rzero eval`), so the pictures differ only by the model and its sampler. Without a
 checkpoint the page shows the teacher alone. Requests are served one at a time: torch on a
 CPU gains nothing from interleaving them, and the lock keeps latencies honest.
+
+One source of truth for the form: `GenerateRequest` declares each field's default and
+bounds; /api/info serves them (`request_limits`), and the page sets every input's value,
+min, max and step from that answer (step "any" for real numbers, so no value the API takes
+is refused by the browser). The form does not validate in the browser (`novalidate`): a
+value the API refuses goes to the server, and the page shows the server's one-line message.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from .config.schema import EvalConfig
 MAX_IMAGES = 8
 MAX_TEACHER_STEPS = 250  # the demo's own bound, to keep one request under a minute on a CPU
 MAX_PROMPT_CHARS = 500
-TEACHER_ETA = EvalConfig().eta  # the evaluation protocol's teacher sampler
+PROTOCOL = EvalConfig()  # the evaluation protocol's teacher sampler: the teacher's defaults here
 
 
 class GenerateRequest(BaseModel):
@@ -43,10 +49,10 @@ class GenerateRequest(BaseModel):
     prompt: str = Field(max_length=MAX_PROMPT_CHARS)
     seed: int = Field(0, ge=0, le=2**53 - 1)  # 2**53: the largest integer a JS number holds exactly
     num_images: int = Field(1, ge=1, le=MAX_IMAGES)
-    steps: int = Field(25, ge=1, le=MAX_TEACHER_STEPS, description="teacher DDIM steps")
-    cfg: float = Field(7.5, ge=0.0, le=30.0, description="teacher CFG scale (1 = no guidance)")
+    steps: int = Field(PROTOCOL.steps, ge=1, le=MAX_TEACHER_STEPS, description="teacher DDIM steps")
+    cfg: float = Field(PROTOCOL.cfg, ge=0.0, le=30.0, description="teacher CFG scale (1 = no guidance)")
     eta: float | None = Field(None, ge=0.0, le=1.0, description="generator re-noise eta (default: its inference eta)")
-    teacher_eta: float = Field(TEACHER_ETA, ge=0.0, le=1.0, description="teacher DDIM eta (default: the protocol's)")
+    teacher_eta: float = Field(PROTOCOL.eta, ge=0.0, le=1.0, description="teacher DDIM eta (default: the protocol's)")
     models: list[Literal["generator", "teacher"]] | None = Field(None, min_length=1)
     upscale: int = Field(8, ge=1, le=16, description="nearest-neighbour enlargement of the returned PNGs")
 
@@ -56,6 +62,24 @@ class GenerateRequest(BaseModel):
         if not v.strip():
             raise ValueError("the prompt is empty; type some text (an empty prompt is the unconditional model)")
         return v.strip()
+
+
+def request_limits() -> dict:
+    """Each request field's type and bounds, read from GenerateRequest's own JSON schema.
+
+    {"seed": {"type": "integer", "min": 0, "max": 9007199254740991}, "cfg": {"type": "number",
+    "min": 0.0, "max": 30.0}, "prompt": {"type": "string", "max_length": 500}, ...}. The page
+    builds its inputs from this, so it cannot disagree with the validation that answers 422.
+    """
+    names = {"type": "type", "minimum": "min", "maximum": "max", "maxLength": "max_length", "minItems": "min_items"}
+    out = {}
+    for field, prop in GenerateRequest.model_json_schema()["properties"].items():
+        # An optional field (eta, models) is anyOf [its own schema, null]: describe the former.
+        spec = next((p for p in prop.get("anyOf", [prop]) if p.get("type") != "null"), prop)
+        out[field] = {new: spec[old] for old, new in names.items() if old in spec}
+        if "enum" in spec.get("items", {}):
+            out[field]["choices"] = spec["items"]["enum"]
+    return out
 
 
 def png_data_uris(images: torch.Tensor, upscale: int) -> list[str]:
@@ -99,11 +123,13 @@ class DemoModels:
             gen = {"method": self.meta.get("method", "generator"), "steps": self.generator.steps,
                    "inference_eta": float(self.meta.get("inference_eta", 0.0)),
                    "iteration": self.meta.get("iteration"), "checkpoint": self.checkpoint}
+        # What a request that leaves a field out gets (the page's initial values).
+        defaults = {name: f.default for name, f in GenerateRequest.model_fields.items() if not f.is_required()}
+        defaults["eta"] = gen["inference_eta"] if gen else None
+        defaults["models"] = ["generator", "teacher"] if gen else ["teacher"]
         return {"backbone": self.backbone_name, "image_size": list(self.image_shape[1:]),
                 "generator": gen, "teacher": {"sampler": "DDIM + CFG"},
-                "defaults": {"steps": 25, "cfg": 7.5, "teacher_eta": TEACHER_ETA, "seed": 0, "num_images": 1,
-                             "eta": gen["inference_eta"] if gen else None, "upscale": 8},
-                "limits": {"num_images": MAX_IMAGES, "steps": MAX_TEACHER_STEPS, "prompt_chars": MAX_PROMPT_CHARS}}
+                "defaults": defaults, "limits": request_limits()}
 
     @torch.no_grad()
     def generate(self, req: GenerateRequest) -> dict:
@@ -238,21 +264,22 @@ button:disabled{background:#9aa4b2;cursor:wait}button.small{font-size:.8rem;padd
 .col h2{font-size:1rem;margin:0 0 .2rem}.imgs{display:flex;flex-wrap:wrap;gap:.4rem;margin-top:.5rem}
 .imgs img{image-rendering:pixelated;image-rendering:crisp-edges;max-width:100%;border-radius:4px}
 .lat{font-variant-numeric:tabular-nums;font-weight:600}
+input:invalid{border-color:#b42318;outline-color:#b42318}
 #error{color:#b42318;min-height:1.2em}
 </style></head><body><main>
 <h1>rzero demo</h1><div class="muted" id="models">loading model information...</div>
-<form id="form" autocomplete="off">
-  <label>Prompt<input type="text" id="prompt" name="prompt" maxlength="500"
-    placeholder="a small red circle on the left" required></label>
+<!-- Values, min, max and step come from /api/info (loadInfo); novalidate: the server judges. -->
+<form id="form" autocomplete="off" novalidate>
+  <label>Prompt<input type="text" id="prompt" name="prompt" placeholder="a small red circle on the left"></label>
   <div class="row">
-    <label>Seed<input type="number" id="seed" min="0" step="1" value="0"></label>
+    <label>Seed<input type="number" id="seed"></label>
     <button type="button" class="small" id="random-seed" title="a new random seed">random seed</button>
-    <label>Images<input type="number" id="num_images" min="1" max="8" step="1" value="1"></label>
-    <label>Teacher steps<input type="number" id="steps" min="1" max="250" step="1" value="25"></label>
-    <label>Teacher CFG<input type="number" id="cfg" min="0" max="30" step="0.5" value="7.5"></label>
-    <label>Teacher eta<input type="number" id="teacher_eta" min="0" max="1" step="0.1" value="1"></label>
-    <label id="eta-label">Generator eta<input type="number" id="eta" min="0" max="1" step="0.1" value="0"></label>
-    <button type="submit" id="generate">Generate</button>
+    <label>Images<input type="number" id="num_images"></label>
+    <label>Teacher steps<input type="number" id="steps"></label>
+    <label>Teacher CFG<input type="number" id="cfg"></label>
+    <label>Teacher eta<input type="number" id="teacher_eta"></label>
+    <label id="eta-label">Generator eta<input type="number" id="eta"></label>
+    <button type="submit" id="generate" disabled>Generate</button>
   </div>
   <div id="status" class="muted" aria-live="polite"></div><div id="error" role="alert"></div>
 </form>
@@ -261,16 +288,39 @@ button:disabled{background:#9aa4b2;cursor:wait}button.small{font-size:.8rem;padd
 <script>
 "use strict";
 const $ = (id) => document.getElementById(id);
+const NUMBER_FIELDS = ["seed", "num_images", "steps", "cfg", "teacher_eta", "eta"];  // input id = request field
 let info = null;
 async function loadInfo() {
   const r = await fetch("/api/info");
+  if (!r.ok) throw new Error(`HTTP ${r.status}`);
   info = await r.json();
   const g = info.generator;
   $("models").textContent = (g ? `generator: ${g.method.toUpperCase()}, ${g.steps} steps` +
       (g.iteration != null ? `, ${g.iteration} training iterations` : "") + ` (${g.checkpoint}) | ` :
       "teacher only (start with --checkpoint RUN_DIR to compare a trained generator) | ") +
     `teacher: ${info.backbone} backbone, DDIM + CFG | images ${info.image_size.join("x")} px`;
-  if (g) { $("eta").value = g.inference_eta; } else { $("eta-label").style.display = "none"; }
+  // Every default and bound is the API's (one source of truth); step "any" for real numbers, so
+  // the browser never refuses a value the API accepts (an eta of 0.75 under step 0.1 once did).
+  $("prompt").maxLength = info.limits.prompt.max_length;
+  for (const name of NUMBER_FIELDS) {
+    const el = $(name), lim = info.limits[name];
+    el.min = lim.min; el.max = lim.max;
+    el.step = lim.type === "integer" ? "1" : "any";
+    el.value = info.defaults[name] ?? "";
+  }
+  if (!g) $("eta-label").style.display = "none";  // teacher only: no generator eta to send
+  $("generate").disabled = false;
+  document.body.dataset.info = "loaded";
+}
+function requestBody() {
+  const body = {prompt: $("prompt").value};
+  for (const name of NUMBER_FIELDS) {
+    if (name === "eta" && !info.generator) continue;
+    const text = $(name).value.trim();  // "" also when the browser cannot parse what was typed
+    if (text === "") throw new Error(`${name}: not a number; type one (default ${info.defaults[name]})`);
+    body[name] = Number(text);  // out-of-range values go as they are: the server's message names the limit
+  }
+  return body;
 }
 function column(res, width) {
   const col = document.createElement("div");
@@ -292,21 +342,21 @@ function column(res, width) {
 }
 async function generate(ev) {
   ev.preventDefault();
+  if (!info) return;  // the button is enabled only once /api/info has answered
   $("error").textContent = "";
-  const body = {prompt: $("prompt").value, seed: Number($("seed").value), num_images: Number($("num_images").value),
-                steps: Number($("steps").value), cfg: Number($("cfg").value), teacher_eta: Number($("teacher_eta").value)};
-  if (info && info.generator) body.eta = Number($("eta").value);
+  document.body.dataset.state = "busy";
   $("generate").disabled = true;
   $("status").textContent = "generating...";
   const t0 = performance.now();
   try {
+    const body = requestBody();
     const r = await fetch("/api/generate", {method: "POST", headers: {"Content-Type": "application/json"},
                                             body: JSON.stringify(body)});
-    const data = await r.json();
+    const data = await r.json().catch(() => ({}));  // a proxy's HTML error page is not JSON
     if (!r.ok) throw new Error(data.error || `HTTP ${r.status}`);
     const out = $("results"); out.replaceChildren();
     // One image at up to 256 px; several at 200 px so two fit side by side in a column.
-    const shown = Math.min(body.num_images > 1 ? 200 : 256, data.width);
+    const shown = Math.min(data.results[0].images.length > 1 ? 200 : 256, data.width);
     data.results.forEach((res) => out.appendChild(column(res, shown)));
     $("status").textContent = `done: "${data.prompt}", seed ${data.seed}; round trip ` +
       `${(performance.now() - t0).toFixed(0)} ms`;
@@ -319,7 +369,10 @@ async function generate(ev) {
   }
 }
 $("form").addEventListener("submit", generate);
-$("random-seed").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 1e9); });
+$("random-seed").addEventListener("click", () => {
+  const top = info ? Math.min(info.limits.seed.max, 1e9) : 1e9;
+  $("seed").value = Math.floor(Math.random() * (top + 1));
+});
 loadInfo().catch((e) => { $("models").textContent = "could not load /api/info: " + e.message; });
 </script></body></html>
 """
