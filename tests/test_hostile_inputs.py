@@ -13,6 +13,7 @@ from __future__ import annotations
 import builtins
 import hashlib
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -43,7 +44,14 @@ def tree_digest(root: Path) -> dict[str, str]:
     """Every file and folder under `root` with its sha256 (folders: 'dir')."""
     out = {}
     for p in sorted(root.rglob("*")):
-        out[str(p.relative_to(root))] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        if p.is_symlink():
+            out[str(p.relative_to(root))] = "link to " + os.readlink(p)
+        elif p.is_dir():
+            out[str(p.relative_to(root))] = "dir"
+        elif p.is_file():
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+        else:
+            out[str(p.relative_to(root))] = "special"  # a pipe or device: never opened
     return out
 
 
@@ -345,3 +353,330 @@ def test_out_is_an_existing_file(capsys, tmp_path, toy_registry):
     one_line_error(code, err, str(f))
     assert f.read_text() == "keep me"
 
+
+
+# ================================================================== round two (issue 16)
+# Each test below failed on main before issue 16: a traceback, a hang, an exit 0 on invalid
+# input, or a file changed outside (or deleted inside) the run folder.
+
+import resource  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def cli_subprocess(*argv, timeout: float = 60, memory_gb: int = 4) -> subprocess.CompletedProcess:
+    """`rzero ...` in a child process with a memory cap and a timeout (a hang or a runaway read
+    fails the test instead of the machine)."""
+
+    def limit():
+        cap = memory_gb << 30
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1",
+           "PYTHONPATH": str(SRC)}
+    return subprocess.run([sys.executable, "-m", "rzero.cli.main", *map(str, argv)], capture_output=True, text=True,
+                          env=env, timeout=timeout, preexec_fn=limit)
+
+
+def fake_run(root: Path) -> Path:
+    """A run folder as `rzero train` leaves it mid-way: config.yaml, stats.jsonl, one sample grid."""
+    from rzero.config import save_config
+    from rzero.config.schema import TrainConfig
+    from rzero.eval.report import save_grid
+
+    run_dir = root / "run"
+    (run_dir / "samples").mkdir(parents=True)
+    save_config(TrainConfig(iterations=4), run_dir / "config.yaml")
+    (run_dir / "stats.jsonl").write_text('{"step": 1, "time": 1.0, "loss": 0.5}\n')
+    save_grid(torch.zeros(4, 3, 8, 8), run_dir / "samples" / "step_000000.png")
+    return run_dir
+
+
+# ------------------------------------------------------------------ links inside run folders
+
+
+def test_report_refuses_a_sample_that_links_out_of_the_run(capsys, tmp_path):
+    """The report would embed the linked file (a private key, say) into an HTML meant to be shared."""
+    run_dir = fake_run(tmp_path)
+    secret = tmp_path / "id_rsa"
+    secret.write_bytes(b"SECRET-KEY-MATERIAL " * 10)
+    (run_dir / "samples" / "step_000002.png").symlink_to(secret)
+    code, _, err = run(capsys, "report", run_dir, "--no-teacher")
+    one_line_error(code, err, "step_000002.png", "leaves the run folder")
+    assert not (run_dir / "report.html").exists()
+
+
+def test_report_refuses_a_link_to_dev_zero(tmp_path):
+    """Before: read /dev/zero until memory ran out (here: a MemoryError traceback under a 4 GB cap)."""
+    run_dir = fake_run(tmp_path)
+    (run_dir / "samples" / "step_000002.png").symlink_to("/dev/zero")
+    proc = cli_subprocess("report", run_dir, "--no-teacher")
+    one_line_error(proc.returncode, proc.stderr, "step_000002.png", "leaves the run folder")
+
+
+@pytest.mark.parametrize("what", ["stats.jsonl", "final", "checkpoints"])
+def test_resume_refuses_links_out_of_the_run(capsys, tmp_path, previous_run, what):
+    """Before: a resumed run appended its stats and wrote its snapshot/checkpoints through the link."""
+    elsewhere = tmp_path / "elsewhere"
+    target = previous_run / what
+    os.replace(target, elsewhere)  # the real file/folder now lives outside; the run links to it
+    target.symlink_to(elsewhere, target_is_directory=elsewhere.is_dir())
+    outside = tree_digest(tmp_path / "elsewhere") if elsewhere.is_dir() else elsewhere.read_bytes()
+    train_fails(capsys, previous_run, "iterations=5", *TOY, fragments=(what, "leaves the run folder"))
+    assert (tree_digest(elsewhere) if elsewhere.is_dir() else elsewhere.read_bytes()) == outside
+
+
+def test_resume_refuses_a_fifo_in_the_run(capsys, previous_run):
+    os.mkfifo(previous_run / "samples.fifo")
+    train_fails(capsys, previous_run, "iterations=5", *TOY, fragments=("samples.fifo", "pipe"))
+
+
+# ------------------------------------------------------------------ numbers out of range
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("generator.timesteps=[2000, 1500, 1000, 500]", "generator.timesteps[0]"),  # before: IndexError
+    ("generator.timesteps=[999, 500, -1, -500]", "timesteps[2]"),  # before: wrapped around, exit 0
+    ("generator.timesteps=[100, 200, 300, 400]", "decrease"),
+    ("r0plus.hires_t_max=5000", "hires_t_max"),
+    ("threads=100000000", "threads"),  # before: libgomp aborted the process
+    ("batch_size=1000000000", "batch_size"),  # before: MemoryError traceback
+    ("seed=100000000000000000000000", "seed"),  # before: "Overflow when unpacking long long", no key
+    ("generator.steps=5000", "steps"),
+])
+def test_numbers_out_of_range(capsys, override, fragment):
+    code, _, err = run(capsys, "train", "--dry-run", override)
+    one_line_error(code, err, fragment)
+
+
+def test_distar_t_init_out_of_range(capsys):
+    code, _, err = run(capsys, "train", "--dry-run", "method=distar", "generator.steps=1", "di.t_init=1000")
+    one_line_error(code, err, "di.t_init")
+
+
+def test_world_schedule_constant_matches_the_backbone(world_assets):
+    from rzero.backbones import WorldBackbone
+    from rzero.config.schema import WORLD_TIMESTEPS
+
+    assert WorldBackbone(asset_dir=world_assets).schedule.num_train_timesteps == WORLD_TIMESTEPS
+
+
+@pytest.mark.parametrize("meta, fragment", [
+    ({"steps": 4, "timesteps": [2000, 1500, 1000, 500]}, "outside the backbone's schedule"),  # before: IndexError
+    ({"steps": 4, "timesteps": [999, 500, 0, -250]}, "outside the backbone's schedule"),  # before: wrapped, exit 0
+    ({"steps": 4, "timesteps": [999, 500]}, "2 entries for 4 steps"),
+    ({"steps": 4, "timesteps": "999"}, "timesteps"),
+    ({"steps": 4, "inference_eta": 7}, "inference_eta"),  # before: sampled with eta 7, exit 0
+    ({"steps": 4, "lora": 5}, "lora"),
+    ({"steps": 4000000}, "steps"),
+])
+def test_snapshot_metadata_out_of_range(capsys, snapshot, world_assets, meta, fragment):
+    (snapshot / "final" / "generator.json").write_text(json.dumps({"backbone": "world", **meta}))
+    sample_fails(capsys, snapshot, world_assets, fragment)
+
+
+def test_learning_rate_that_overflows_the_optimizer(capsys, tmp_path, toy_registry):
+    """Before: a RuntimeError traceback from inside AdamW's step, past the non-finite guard."""
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "train", "--out", out, "iterations=3", "optim.lr=1e300", "optim.grad_clip=0", *TOY)
+    progress = ("train r0:", "\r")  # training had started: its progress bar shares stderr
+    one_line_error(code, "\n".join(x for x in err.splitlines() if not x.startswith(progress)), "overflowed", "optim.lr")
+    assert not (out / "final").exists()
+
+
+# ------------------------------------------------------------------ state files: valid JSON, wrong types
+
+
+def test_stats_row_that_is_a_list(capsys, previous_run):
+    """Before: AttributeError traceback while truncating stats.jsonl on resume."""
+    stats = previous_run / "stats.jsonl"
+    stats.write_text('[1, 2, 3]\n' + stats.read_text())
+    train_fails(capsys, previous_run, "iterations=5", *TOY, fragments=("row 1", "integer 'step'"))
+
+
+@pytest.mark.parametrize("field, value", [("train_seconds", None), ("skipped_steps", "3"), ("iteration", -4),
+                                          ("alarm_accumulator", [None, 1]), ("alarm", 7),
+                                          ("files", {"../../etc/passwd": None})])
+def test_state_json_with_wrong_types(capsys, previous_run, field, value):
+    """Before: TypeError tracebacks (float(None), ...) halfway through resume."""
+    for name in ("step_000002", "step_000003"):
+        state_path = previous_run / "checkpoints" / name / "state.json"
+        state = json.loads(state_path.read_text())
+        state[field] = value
+        state_path.write_text(json.dumps(state))
+    train_fails(capsys, previous_run, "iterations=5", *TOY, fragments=("unusable", "state.json"))
+
+
+def test_state_json_null_in_newest_falls_back_to_older(capsys, previous_run):
+    state_path = previous_run / "checkpoints" / "step_000003" / "state.json"
+    state = json.loads(state_path.read_text())
+    state["consecutive_skips"] = None
+    state_path.write_text(json.dumps(state))
+    code, out, err = run(capsys, "train", "--out", previous_run, "iterations=4", *TOY)
+    assert code == 0, err
+    assert "step_000002" in out and "skipped checkpoint" in err
+
+
+@pytest.mark.parametrize("manifest", ['{"assets": 5}', '[1, 2]', '{"assets": {"inspector": 5}}'])
+def test_world_manifest_with_wrong_types(capsys, tmp_path, world_assets, manifest):
+    """Before: TypeError / AttributeError tracebacks from the world's asset code."""
+    import shutil
+
+    folder = tmp_path / "assets"
+    folder.mkdir()
+    shutil.copy(world_assets / "inspector.safetensors", folder)  # so the check reaches the manifest entry
+    (folder / "manifest.json").write_text(manifest)
+    code, _, err = run(capsys, "world", "verify", "--assets", folder)
+    one_line_error(code, err, "manifest", "rzero world build")
+
+
+def test_unknown_reward_option(capsys):
+    """Before: accepted by the config, then a TypeError traceback inside the reward's constructor."""
+    code, _, err = run(capsys, "train", "--dry-run", "reward.options[world-clip].foo=1")
+    one_line_error(code, err, "reward.options[world-clip].foo", "not an option")
+
+
+# ------------------------------------------------------------------ YAML alias expansion
+
+
+def test_yaml_alias_refused(capsys, tmp_path):
+    cfg = tmp_path / "alias.yaml"
+    cfg.write_text("iterations: &n 5\nlog_every: *n\n")
+    code, _, err = run(capsys, "train", cfg, "--dry-run")
+    one_line_error(code, err, "alias", "line 2")
+
+
+def test_billion_laughs_config_answers_at_once(tmp_path):
+    """Under 1 KB of YAML standing for 9**9 strings: before, --dry-run never answered."""
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    cfg = tmp_path / "laughs.yaml"
+    cfg.write_text("\n".join(lines) + "\n")
+    assert cfg.stat().st_size < 1024
+    proc = cli_subprocess("train", cfg, "--dry-run", timeout=60)
+    one_line_error(proc.returncode, proc.stderr, "alias")
+
+
+def test_deeply_nested_override_is_one_line(capsys):
+    code, _, err = run(capsys, "train", "--dry-run", "iterations=" + "[" * 5000)
+    one_line_error(code, err, "iterations", "nested")
+
+
+# ------------------------------------------------------------------ destructive commands
+
+
+def fake_lora_snapshot(tmp_path: Path) -> Path:
+    """A LoRA snapshot of an sd15 run, complete enough for `export --format lora` to reach its writes."""
+    base = tmp_path / "base"
+    (base / "scheduler").mkdir(parents=True)
+    (base / "scheduler" / "scheduler_config.json").write_text(json.dumps({
+        "_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+        "beta_schedule": "scaled_linear"}))
+    run_dir = tmp_path / "run"
+    (run_dir / "final").mkdir(parents=True)
+    atomic_save_safetensors({"down.to_q.lora_A.default.weight": torch.zeros(4, 8),
+                             "down.to_q.lora_B.default.weight": torch.zeros(8, 4)},
+                            run_dir / "final" / "generator.safetensors")
+    (run_dir / "final" / "generator.json").write_text(json.dumps({
+        "method": "r0", "backbone": "sd15", "steps": 4, "timesteps": [999, 749, 499, 249], "renoise": "mix",
+        "inference_eta": 0.0, "backbone_path": str(base), "backbone_dtype": "float32",
+        "lora": {"rank": 4, "alpha": 4.0, "target_modules": ["to_q"]}}))
+    (run_dir / "stats.jsonl").write_text('{"step": 1, "time": 1.0}\n')
+    return run_dir
+
+
+@pytest.mark.parametrize("into", ["run", "run/final", "."])
+def test_export_never_touches_the_run(capsys, tmp_path, into):
+    """Before: `rzero export RUN --format lora RUN --force` deleted the run it exported."""
+    run_dir = fake_lora_snapshot(tmp_path)
+    before = tree_digest(run_dir)
+    code, _, err = run(capsys, "export", run_dir, "--format", "lora", tmp_path / into, "--force")
+    one_line_error(code, err, "overlaps the run")
+    assert tree_digest(run_dir) == before
+
+
+def test_resume_with_another_generator_shape_is_refused(capsys, previous_run):
+    """Before: resumed silently and overwrote config.yaml with the new shape."""
+    line = train_fails(capsys, previous_run, "iterations=5", "generator.steps=2", *TOY,
+                       fragments=("generator.steps: 4 -> 2", "--allow-config-change"))
+    assert "method" not in line and "iterations" not in line  # only the changed structural key is named
+
+
+def test_resume_with_another_method_is_refused(capsys, previous_run):
+    train_fails(capsys, previous_run, "method=distar", "generator.steps=1", *TOY,
+                fragments=("method: 'r0' -> 'distar'", "--allow-config-change"))
+
+
+def test_resume_with_more_iterations_needs_no_flag_and_the_flag_allows_a_change(capsys, previous_run):
+    code, _, err = run(capsys, "train", "--out", previous_run, "iterations=4", *TOY)
+    assert code == 0, err
+    code, _, err = run(capsys, "train", "--out", previous_run, "iterations=5", "generator.steps=2",
+                       "--allow-config-change", *TOY)
+    assert code == 0, err
+    assert "steps: 2" in (previous_run / "config.yaml").read_text()
+
+
+def test_train_refuses_a_run_folder_another_train_holds(capsys, previous_run):
+    """Before: two `rzero train` on one folder ran at once and interleaved stats.jsonl."""
+    import fcntl
+
+    fd = os.open(previous_run, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running `rzero train` holds
+        train_fails(capsys, previous_run, "iterations=5", *TOY, fragments=("in use by another", "--out"))
+    finally:
+        os.close(fd)
+    code, _, err = run(capsys, "train", "--out", previous_run, "iterations=4", *TOY)
+    assert code == 0, err  # released with the descriptor
+
+
+# ------------------------------------------------------------------ serve: Host header
+
+
+def test_serve_refuses_a_foreign_host_header(monkeypatch, capsys):
+    """Before: any Host was answered, /api/info included (the local checkpoint path): DNS rebinding."""
+    import socket
+
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    import rzero.serve as serve
+
+    class Models:
+        generator, meta, checkpoint = None, {}, "/home/me/secret-run"
+
+        def __init__(self, checkpoint=None, asset_dir=None):
+            pass
+
+        def info(self):
+            return {"checkpoint": self.checkpoint}
+
+    served = {}
+    monkeypatch.setattr(serve, "DemoModels", Models)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for extra in ([], ["--allow-host", "demo.lan"]):
+        code, _, err = run(capsys, "serve", "--port", port, *extra)
+        assert code == 0, err
+        app = served["app"]
+        assert TestClient(app, base_url=f"http://127.0.0.1:{port}").get("/api/info").status_code == 200
+        assert TestClient(app, base_url=f"http://localhost:{port}").get("/api/info").status_code == 200
+        bad = TestClient(app, base_url=f"http://attacker.example:{port}").get("/api/info")
+        assert bad.status_code == 400 and "secret-run" not in bad.text and "--allow-host" in bad.json()["error"]
+        lan = TestClient(app, base_url=f"http://demo.lan:{port}").get("/api/info").status_code
+        assert lan == (200 if extra else 400)
+
+
+# ------------------------------------------------------------------ error lines
+
+
+def test_error_line_cuts_a_huge_value(capsys):
+    """Before: the error line echoed the whole 100 KB value."""
+    code, _, err = run(capsys, "train", "--dry-run", "method=" + "x" * 100_000)
+    line = one_line_error(code, err, "method")
+    assert len(line) < 1200

@@ -46,9 +46,9 @@ class ToyTrainer(Trainer):
     def __init__(self, cfg, out, asset_dir=None, nan_at=(), inf_grad_at=(), sleep=0.0, tracker=None):
         super().__init__(cfg, out)
         torch.manual_seed(cfg.seed)
-        # Like R0 (which runs backbone.unet), train_step calls the raw module, never the
-        # DDP wrapper: gradient averaging must not depend on DDP's forward hooks.
-        self.net = self.model = torch.nn.Linear(4, 1)
+        # Like the reward trainers (whose model is the generator, trainers/reward_trainer.py),
+        # train_step runs its forward pass through self.model: DDP's wrapper after setup().
+        self.model = torch.nn.Linear(4, 1)
         self.nan_at, self.inf_grad_at, self.sleep, self.tracker = set(nan_at), set(inf_grad_at), sleep, tracker
         self.setup()
 
@@ -56,7 +56,7 @@ class ToyTrainer(Trainer):
         if self.sleep:
             time.sleep(self.sleep)
         x = torch.randn(8, 4, generator=g)
-        pred = self.net(x)
+        pred = self.model(x)
         if self.iteration in self.inf_grad_at:
             pred = _InfGrad.apply(pred)
         loss = (pred - x.sum(1, keepdim=True)).pow(2).mean()
@@ -521,3 +521,74 @@ def test_fsdp_units_are_the_denoiser_blocks():
     assert "down_blocks.1.attentions.0.transformer_blocks.0" in units
     assert units.index("down_blocks.1") < units.index("down_blocks.1.attentions.0.transformer_blocks.0")
     assert not any(u in ("", "conv_in", "time_embedding") for u in units)
+
+
+# ------------------------------------------------------------------ issue 16: guards of the run folder
+
+
+class _NaNReward(ToyTrainer):
+    """A reward whose value is NaN while the loss and its gradient stay finite."""
+
+    def train_step(self, g):
+        loss, m = super().train_step(g)
+        return loss, {**m, "reward/toy": float("nan")}
+
+
+def test_nan_reward_value_with_finite_gradient_is_skipped(tmp_path, capsys):
+    """Before: trained to the end with no warning (only the loss and the gradient were checked)."""
+    tr = _NaNReward(toy_cfg(iterations=6, max_consecutive_skips=3), tmp_path / "run")
+    w0 = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
+    with pytest.raises(NonFiniteError, match="3 consecutive"):
+        tr.fit()
+    assert "skipped" in capsys.readouterr().err
+    for n, p in tr.model.named_parameters():
+        assert torch.equal(p.detach(), w0[n]), n  # no update from a step whose reward was NaN
+
+
+def test_optimizer_overflow_stops_without_saving(tmp_path):
+    """A learning rate that overflows inside AdamW's step (past the loss/gradient checks)."""
+    out = tmp_path / "run"
+    from rzero.config.schema import OptimConfig
+
+    tr = ToyTrainer(toy_cfg(iterations=4, optim=OptimConfig(lr=1e300, grad_clip=0.0)), out)
+    with pytest.raises(NonFiniteError, match="overflowed"):
+        tr.fit()
+    assert not (out / "final").exists() and not (out / "checkpoints").exists()
+
+
+def test_kill_before_first_checkpoint_leaves_each_step_once(tmp_path):
+    """Before: a SIGKILL before the first checkpoint left rows that the restart logged again."""
+    out = tmp_path / "run"
+    proc = _toy_cli(tmp_path, out, 0.05, "iterations=100000", "checkpoint_every=100000", "track_every=100000")
+    _wait_for_steps(out, 4, proc)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert not (out / "checkpoints").exists()
+    ToyTrainer(toy_cfg(iterations=3, checkpoint_every=100, track_every=100), out).fit()
+    steps = [json.loads(line)["step"] for line in (out / "stats.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3]
+
+
+def test_second_train_on_a_live_run_folder_is_refused(tmp_path, capsys, monkeypatch):
+    """Before: two `rzero train` on one folder ran at once and interleaved stats.jsonl."""
+    import rzero.trainers as trainers
+    from rzero.cli.main import main
+
+    out = tmp_path / "run"
+    proc = _toy_cli(tmp_path, out, 0.05, "iterations=100000", "checkpoint_every=100000")
+    try:
+        _wait_for_steps(out, 2, proc)
+        monkeypatch.setitem(trainers.TRAINERS, "r0", lambda cfg, out, asset_dir=None: ToyTrainer(cfg, out))
+        before = (out / "stats.jsonl").read_text().count("\n")
+        code = main(["train", "--out", str(out), "iterations=2", "threads=1", "track_every=0", "sample_every=1000",
+                     "log_every=1", "ema_decay=0.5"])
+        err = capsys.readouterr().err
+        assert code == 1 and "in use by another" in err, err
+        assert not (out / "checkpoints").exists() and (out / "stats.jsonl").read_text().count("\n") >= before
+    finally:
+        proc.kill()
+        proc.communicate(timeout=60)
+    # SIGKILL released the lock with the process: the folder can be resumed now.
+    code = main(["train", "--out", str(out), "iterations=2", "threads=1", "track_every=0", "sample_every=1000",
+                 "log_every=1", "ema_decay=0.5"])
+    assert code == 0, capsys.readouterr().err
