@@ -17,19 +17,24 @@ from rzero.utils.io import load_safetensors, sha256_file
 from rzero.world.build import build_world
 
 
+# Both teachers tiny; the web-caption one starts from the exact one's asset in the same out dir.
+_TINY_TEACHERS = ["teacher.steps=4", "teacher.batch_size=4", "teacher.checkpoint_every=2", "teacher_web.steps=4",
+                  "teacher_web.stop_at=0", "teacher_web.batch_size=4", "teacher_web.checkpoint_every=2",
+                  "captioner.pool_size=40"]
+
+
 def _cfg(tmp_path, out):
     # threads=1 as in configs/world_build.yaml.
     return load_config(WorldBuildConfig, None, [f"out_dir={out}", f"work_dir={tmp_path / 'work'}", "pool_size=40",
                                                 "threads=1",
-                                                "quality.steps=4", "quality.batch_size=16",
-                                                "teacher.steps=4", "teacher.batch_size=4", "teacher.checkpoint_every=2"])
+                                                "quality.steps=4", "quality.batch_size=16", *_TINY_TEACHERS])
 
 
 def _build_in_fresh_process(tmp_path, out, work):
     overrides = [f"out_dir={out}", f"work_dir={work}", "pool_size=40", "threads=1", "quality.steps=4",
-                 "quality.batch_size=16", "teacher.steps=4", "teacher.batch_size=4", "teacher.checkpoint_every=2"]
+                 "quality.batch_size=16", *_TINY_TEACHERS]
     proc = subprocess.run([sys.executable, "-m", "rzero.cli.main", "world", "build", *overrides,
-                           "--only", "quality", "teacher"], capture_output=True, text=True, timeout=600)
+                           "--only", "quality", "teacher", "teacher_web"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
@@ -41,7 +46,7 @@ def test_build_is_deterministic_and_skips_up_to_date_stages(tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     _build_in_fresh_process(tmp_path, a, tmp_path / "work_a")
     _build_in_fresh_process(tmp_path, b, tmp_path / "work_b")
-    for name in ("world_quality.safetensors", "teacher_unet.safetensors"):
+    for name in ("world_quality.safetensors", "teacher_unet.safetensors", "teacher_web_unet.safetensors"):
         wa, wb = load_safetensors(a / name), load_safetensors(b / name)
         assert wa.keys() == wb.keys()
         for k in wa:
@@ -78,18 +83,20 @@ def test_unknown_stage_is_a_one_line_error(tmp_path, capsys):
 def test_teacher_batches_do_not_depend_on_loader_workers(tmp_path):
     """The GPU recipe renders teacher batches in loader workers: same stream as in-process,
     and neither the device nor the worker count changes the stage's config hash."""
-    from rzero.world.build import _TeacherBatches, _stage_hash, load_or_build_pool
+    from rzero.world.build import _TeacherBatches, _stage_hash, load_or_build_caption_pool, load_or_build_pool
 
     cfg = _cfg(tmp_path, tmp_path / "a")
-    pool = load_or_build_pool(cfg, tmp_path / "work")
-    batches = {}
-    for workers in (0, 2):
-        loader = torch.utils.data.DataLoader(_TeacherBatches(cfg, pool, 1, 4), batch_size=None, num_workers=workers)
-        batches[workers] = list(loader)
-    assert len(batches[0]) == 3
-    for one, two in zip(batches[0], batches[2]):
-        for a, b in zip(one, two):
-            assert torch.equal(a, b)
+    for stage, pool in (("teacher", load_or_build_pool(cfg, tmp_path / "work")),
+                        ("teacher_web", load_or_build_caption_pool(cfg, tmp_path / "work"))):
+        batches = {}
+        for workers in (0, 2):
+            loader = torch.utils.data.DataLoader(_TeacherBatches(cfg, stage, pool, 1, 4), batch_size=None,
+                                                 num_workers=workers)
+            batches[workers] = list(loader)
+        assert len(batches[0]) == 3
+        for one, two in zip(batches[0], batches[2]):
+            for a, b in zip(one, two):
+                assert torch.equal(a, b)
     moved = load_config(WorldBuildConfig, None, [f"out_dir={tmp_path}", "pool_size=40", "teacher.steps=4",
                                                  "teacher.batch_size=4", "teacher.device=cuda", "teacher.workers=8"])
     assert _stage_hash(moved, "teacher") == _stage_hash(cfg, "teacher")
@@ -112,3 +119,23 @@ def test_gpu_teacher_without_a_gpu_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc != 0 and "no CUDA GPU is visible" in err and "\n" not in err
     assert not (tmp_path / "a" / "teacher_unet.safetensors").exists()
+
+
+def test_web_teacher_starts_from_the_exact_one_with_fresh_cross_attention(world_assets):
+    """`reset_cross_attention`: every weight but the text-reading ones is the init's, and the
+    network starts unconditional (the prompt changes nothing), so it learns prompts from its captions."""
+    from rzero.world.build import _reset_cross_attention
+    from rzero.world.loaders import build_network
+    from rzero.world.assets import load_state
+
+    exact = load_state(build_network("teacher"), "teacher", world_assets)
+    fresh = build_network("teacher_web")
+    fresh.load_state_dict(exact.state_dict())
+    _reset_cross_attention(fresh, seed=0)
+    changed = {k for k, v in fresh.state_dict().items() if not torch.equal(v, exact.state_dict()[k])}
+    assert changed and all(".attn2.to_" in k for k in changed)
+    x, t = torch.randn(2, 12, 16, 16), torch.tensor([500, 500])
+    a, b = torch.randn(2, 32, 384), torch.randn(2, 32, 384)
+    with torch.no_grad():
+        assert torch.equal(fresh(x, t, encoder_hidden_states=a).sample, fresh(x, t, encoder_hidden_states=b).sample)
+        assert not torch.allclose(exact(x, t, encoder_hidden_states=a).sample, exact(x, t, encoder_hidden_states=b).sample)

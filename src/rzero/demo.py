@@ -43,7 +43,8 @@ def run_demo(out: Path, quick: bool = False, preset: Path | None = PRESET) -> Pa
     train_seconds = time.time() - t0
 
     # 2) Grids at fixed prompts and seeds: real renders, teacher, R0.
-    cfg = EvalConfig(prompts_per_level=8, heldout_prompts=8, diversity_prompts=4, steps=25) if quick else EvalConfig()
+    cfg = (EvalConfig(prompts_per_level=8, heldout_prompts=8, diversity_prompts=4, paraphrase_per_level=4, steps=25)
+           if quick else EvalConfig())
     sources = [real_source(cfg.seed + 1), teacher_source(cfg), generator_source(run_dir, cfg)]
     prompts, specs = fixed_prompts()
     seeds = 4

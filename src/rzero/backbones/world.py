@@ -22,14 +22,16 @@ class WorldBackbone(BackboneBase):
     prediction_type = "epsilon"
     latent_shape = (12, 16, 16)
 
-    def __init__(self, unet: torch.nn.Module | None = None, asset_dir: str | Path | None = None):
+    def __init__(self, unet: torch.nn.Module | None = None, asset_dir: str | Path | None = None,
+                 teacher: str = "teacher"):
         super().__init__()
         from ..world.assets import load_state
         from ..world.loaders import build_network
         from ..world.text import shared_text_encoder
 
         # A private copy: trainers modify these weights, the cached evaluator copies stay intact.
-        self.unet = unet if unet is not None else load_state(build_network("teacher"), "teacher",
+        # `teacher` names the base model's asset ("teacher", or the web-caption "teacher_web").
+        self.unet = unet if unet is not None else load_state(build_network(teacher), teacher,
                                                              Path(asset_dir) if asset_dir else None)
         self.text_encoder = shared_text_encoder()
         self.schedule = VPSchedule()

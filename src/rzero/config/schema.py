@@ -115,9 +115,23 @@ class TeacherStageConfig(StageConfig):
     # step), so neither enters the stage's config hash.
     device: str = "cpu"
     workers: int = 0
+    # What the captions are: "exact" (the prompt grammar's full descriptions, as the rewards see)
+    # or "web" (world/captions.py: alt-text-like, SPEC 6.1; `captioner` sets its rates).
+    captions: str = "exact"
+    # Start from another teacher asset's weights ("teacher") instead of a fresh network;
+    # with `reset_cross_attention` the text-reading layers start over, so everything the result
+    # knows about prompts comes from its own captions while the image prior is kept.
+    init: str = ""
+    reset_cross_attention: bool = False
 
     def __post_init__(self):
         super().__post_init__()
+        if self.captions not in ("exact", "web"):
+            raise ValueError(f"captions must be 'exact' or 'web', got '{self.captions}'")
+        if self.init not in ("", "teacher"):
+            raise ValueError(f"init must be '' (a fresh network) or 'teacher', got '{self.init}'")
+        if self.reset_cross_attention and not self.init:
+            raise ValueError("reset_cross_attention needs init (a fresh network has nothing to reset)")
         if self.finetune_steps < 0 or self.finetune_lr <= 0:
             raise ValueError(f"need finetune_steps >= 0 and finetune_lr > 0, got {self.finetune_steps}, "
                              f"{self.finetune_lr}")
@@ -137,6 +151,31 @@ class TeacherStageConfig(StageConfig):
 
 
 @dataclass
+class CaptionerConfig:
+    """Rates of the web captioner (world/captions.py): how often alt-text names each attribute.
+
+    Shapes are always named. Calibrated so that the teacher draws clean single objects but often
+    misses positions, bindings and relations (docs/decisions.md, "World v2").
+    """
+
+    pool_size: int = 30000  # captioned scenes, encoded once and cached in the build's work dir
+    p_colour: float = 0.6  # an object's colour is named
+    p_colour_wrong: float = 0.1  # a named colour is another one
+    p_size: float = 0.2
+    p_position: float = 0.05  # single objects only; relations between objects are never stated
+    p_background: float = 0.2
+    p_unbound: float = 0.5  # several objects: colours listed apart from the shapes
+    p_count: float = 0.3  # several objects: "two shapes: ..."
+
+    def __post_init__(self):
+        _positive("captioner.pool_size", self.pool_size)
+        for name in ("p_colour", "p_colour_wrong", "p_size", "p_position", "p_background", "p_unbound", "p_count"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"captioner.{name} must be in [0, 1], got {value}")
+
+
+@dataclass
 class WorldBuildConfig:
     """`rzero world build`: every network of the built-in world, trained from code."""
 
@@ -151,7 +190,11 @@ class WorldBuildConfig:
     judge: JudgeStageConfig = field(default_factory=lambda: JudgeStageConfig(steps=4000, batch_size=128, lr=1e-3))
     quality: StageConfig = field(default_factory=lambda: StageConfig(steps=600, batch_size=128, lr=2e-3))
     sharpness: StageConfig = field(default_factory=lambda: StageConfig(steps=600, batch_size=128, lr=2e-3))
+    # The shipped teacher (exact captions) and the world v2 candidate built on top of it (web captions).
     teacher: TeacherStageConfig = field(default_factory=lambda: TeacherStageConfig(steps=3500))
+    teacher_web: TeacherStageConfig = field(default_factory=lambda: TeacherStageConfig(
+        steps=3000, lr=3e-4, captions="web", init="teacher", reset_cross_attention=True))
+    captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
 
     def __post_init__(self):
         _positive("pool_size", self.pool_size)
@@ -203,6 +246,7 @@ class EvalConfig:
     """`rzero eval`: the pinned world evaluation protocol, or SPEC 4's for SD models (`scale`)."""
 
     model: str = "teacher"  # "teacher" or "real" (real renders: the evaluators' own ceiling); "base": scale
+    teacher: str = "teacher"  # which world teacher `model=teacher` samples: "teacher" or "teacher_web" (world v2)
     steps: int = 25
     cfg: float = 7.5
     # DDIM's eta for the teacher: its best setting on the world, measured (docs/decisions.md).
@@ -212,6 +256,8 @@ class EvalConfig:
     heldout_prompts: int = 100
     diversity_prompts: int = 24
     diversity_seeds: int = 4
+    # acc_paraphrase: the first N of each level's 50 frozen out-of-template prompts (world/paraphrase.py); 0: off
+    paraphrase_per_level: int = 50
     batch_size: int = 250
     seed: int = 1234
     threads: int = 2
@@ -221,6 +267,8 @@ class EvalConfig:
         if self.model not in ("teacher", "real", "base"):
             raise ValueError(f"model must be 'teacher' or 'real' (or 'base' with scale.backbone for an SD model), "
                              f"got '{self.model}'")
+        if self.teacher not in ("teacher", "teacher_web"):
+            raise ValueError(f"teacher must be 'teacher' or 'teacher_web' (the world's base models), got '{self.teacher}'")
         if self.model == "base" and not (self.scale.backbone and self.scale.backbone_path):
             raise ValueError("model=base evaluates a pretrained SD model: pass scale.backbone=sd15|sd3 and "
                              "scale.backbone_path=FOLDER_OR_HUB_ID")
@@ -229,6 +277,9 @@ class EvalConfig:
         _threads("threads", self.threads)
         _at_most("batch_size", self.batch_size, MAX_BATCH)
         _seed("seed", self.seed)
+        if not 0 <= self.paraphrase_per_level <= 50:
+            raise ValueError(f"paraphrase_per_level must be in [0, 50] (the frozen split's size), got "
+                             f"{self.paraphrase_per_level}")
         if self.diversity_seeds < 2:
             raise ValueError(f"diversity_seeds must be >= 2, got {self.diversity_seeds}")
         if self.cfg < 0:
@@ -415,6 +466,9 @@ class TrainConfig:
     # Multi-process training: "ddp" replicates the denoiser on every rank; "fsdp" shards it
     # (trainers/fsdp.py; R0 with full fine-tuning). One process ignores it.
     parallel: str = "ddp"
+    # Where training runs: "auto" = the launcher's GPU (cuda:$LOCAL_RANK) when torch sees one, else
+    # the CPU; "cpu" forces the CPU; "cuda" requires a GPU. Every module a trainer owns goes there.
+    device: str = "auto"
     ema_decay: float = 0.95  # 0 disables the EMA
     log_every: int = 10
     checkpoint_every: int = 100
@@ -477,6 +531,9 @@ class TrainConfig:
             raise ValueError(f"track_every must be >= 0, got {self.track_every}")
         if self.backbone_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"backbone_dtype must be 'float32', 'bfloat16' or 'float16', got '{self.backbone_dtype}'")
+        if self.backbone == "world" and self.backbone_path not in ("", "teacher", "teacher_web"):
+            raise ValueError(f"the world backbone's backbone_path names its teacher asset: '' (the shipped "
+                             f"teacher) or 'teacher_web', got '{self.backbone_path}'")
         if self.backbone != "world" and not self.backbone_path:
             raise ValueError(f"backbone '{self.backbone}' needs backbone_path (a diffusers folder or hub id)")
         if self.backbone != "world" and not self.prompt_file:
@@ -493,3 +550,19 @@ class TrainConfig:
                              "method=r0, or use parallel=ddp")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got '{self.device}' (under a launcher each "
+                             "process takes its own GPU)")
+        # Options that only make sense on one backbone or one method.
+        if self.r0plus.hires_guidance and self.backbone != "world":
+            raise ValueError(f"r0plus.hires_guidance uses the world's 32 px sharpness classifier on VP timesteps; "
+                             f"it cannot guide backbone '{self.backbone}' (set r0plus.hires_guidance=false)")
+        if self.method in ("distar", "dipp"):
+            if self.lora.rank > 0:
+                raise ValueError("DI*/DI++ train the full denoiser; LoRA is not supported for them yet (set lora.rank=0)")
+            if self.mixed_precision == "fp16":
+                raise ValueError("DI*/DI++ train the fake score without a loss scaler, so fp16 gradients can underflow; "
+                                 "use mixed_precision=bf16 (or no)")
+        if self.method == "dipp" and self.di.t_init >= 0:
+            raise ValueError("di.t_init is the one-step DI* generator's timestep; DI++ runs generator.timesteps "
+                             "(drop di.t_init or set generator.timesteps)")

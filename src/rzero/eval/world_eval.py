@@ -26,6 +26,7 @@ from ..rewards import make_reward
 from ..utils.seeding import image_seed, per_image_draws
 from ..world.evaluators import read_scenes
 from ..world.loaders import load_world_network
+from ..world.paraphrase import SPLIT_FILE, specs_of_split
 from ..world.prompts import describe
 from ..world.render import render
 from ..world.scene import LEVELS, Specs, complete_specs, match, sample_specs
@@ -58,6 +59,18 @@ def eval_prompt_set(cfg: EvalConfig) -> PromptSet:
     return PromptSet(specs, describe(specs, templates), split)
 
 
+def paraphrase_split(per_level: int) -> tuple[Specs, list[str]]:
+    """The first `per_level` prompts of each level of the frozen `acc_paraphrase` split."""
+    import json
+
+    from ..world.assets import default_asset_dir
+
+    data = json.loads((default_asset_dir() / SPLIT_FILE).read_text())
+    specs = specs_of_split(data)
+    keep = [i for lv in LEVELS for i in (specs.level == lv).nonzero().flatten()[:per_level].tolist()]
+    return specs.index(torch.tensor(keep)), [data["prompts"][i] for i in keep]
+
+
 def render_real(specs: Specs, base_seed: int, indices: list[int]) -> torch.Tensor:
     """Real renders, one generator per image: a scene satisfying the spec, then its picture."""
     out = []
@@ -86,14 +99,15 @@ def real_source(seed: int) -> ImageSource:
 def teacher_source(cfg: EvalConfig, asset_dir=None) -> ImageSource:
     from ..backbones import WorldBackbone
 
-    backbone = WorldBackbone(asset_dir=asset_dir).eval()
+    backbone = WorldBackbone(asset_dir=asset_dir, teacher=cfg.teacher).eval()
 
     def generate(prompts, specs, idx):
         noise, gens = per_image_draws(backbone.latent_shape, cfg.seed, idx)
         return backbone.sample(prompts, noise, steps=cfg.steps, cfg=cfg.cfg, eta=cfg.eta, generator=gens)
 
     nfe = cfg.steps * (2 if cfg.cfg != 1.0 else 1)
-    return ImageSource(f"teacher ({cfg.steps} DDIM steps, CFG {cfg.cfg}, eta {cfg.eta:g})", nfe, generate)
+    name = "teacher" if cfg.teacher == "teacher" else f"{cfg.teacher} teacher"
+    return ImageSource(f"{name} ({cfg.steps} DDIM steps, CFG {cfg.cfg}, eta {cfg.eta:g})", nfe, generate)
 
 
 def _generate_all(source: ImageSource, prompts: list[str], specs: Specs, indices: list[int], batch: int,
@@ -162,6 +176,16 @@ def evaluate_world(source: ImageSource, cfg: EvalConfig, asset_dir=None) -> tupl
         out["diversity"] = seed_diversity(d_feats)
     else:
         out["diversity"] = float("nan")
+
+    # Out-of-template wordings (world/paraphrase.py): the same kind of specs, words no network trains on.
+    if cfg.paraphrase_per_level:
+        p_specs, p_prompts = paraphrase_split(cfg.paraphrase_per_level)
+        p_idx = [20 * n + j for j in range(len(p_prompts))]
+        p_images, _ = _generate_all(source, p_prompts, p_specs, p_idx, cfg.batch_size, "eval: paraphrase")
+        p_ok = match(p_specs, read_scenes(inspector, p_images))["all_correct"]
+        out["acc_paraphrase"] = float(p_ok.float().mean())
+        p_split = [f"paraphrase_L{lv}" for lv in p_specs.level.tolist()]
+        out.update(_accuracy_by_split(p_ok, p_split, [f"paraphrase_L{lv}" for lv in LEVELS]))
 
     # Mean of every world reward on the evaluated images.
     for name, r in rewards.items():

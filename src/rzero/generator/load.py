@@ -22,7 +22,7 @@ def backbone_kwargs(name: str, path: str = "", dtype: str = "float32", gradient_
     if name == "world":
         if dtype != "float32":
             raise ValueError(f"the world backbone runs in float32; drop backbone_dtype={dtype}")
-        return {"asset_dir": asset_dir}
+        return {"asset_dir": asset_dir, "teacher": path or "teacher"}  # path: which world teacher asset
     return {"path": path, "dtype": dtype, "gradient_checkpointing": gradient_checkpointing, "device": device}
 
 

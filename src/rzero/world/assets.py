@@ -16,9 +16,12 @@ ASSET_FILES = {
     "clip": "world_clip.safetensors",
     "judge": "world_judge.safetensors",
     "quality": "world_quality.safetensors",
-    "teacher": "teacher_unet.safetensors",
+    "teacher": "teacher_unet.safetensors",  # the shipped base model, trained on exact captions
+    "teacher_web": "teacher_web_unet.safetensors",  # world v2 candidate: trained on web captions (SPEC 6.1)
     "sharpness": "sharpness.safetensors",
 }
+# The world's base models, selectable as a world run's `backbone_path` and `rzero eval teacher=...`.
+WORLD_TEACHERS = ("teacher", "teacher_web")
 
 
 def default_asset_dir() -> Path:

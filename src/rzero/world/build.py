@@ -30,7 +30,8 @@ from ..config.schema import StageConfig, WorldBuildConfig
 from ..config import to_dict
 from ..utils.io import (atomic_save_safetensors, atomic_write_bytes, load_safetensors, sha256_file, torch_load_safe,
                         torch_save_bytes)
-from .assets import ASSET_FILES, MANIFEST, default_asset_dir, read_manifest
+from .assets import ASSET_FILES, MANIFEST, asset_path, default_asset_dir, read_manifest
+from .captions import CaptionPool
 from .data import PromptPool, render_batch, step_generator
 from .degrade import degrade
 from .evaluators import inspector_loss, read_scenes
@@ -40,7 +41,8 @@ from .render import render
 from .scene import LEVELS, Scenes, Specs, complete_specs, match, sample_specs
 from .text import WorldTextEncoder
 
-STAGES = ("inspector", "featnet", "clip", "judge", "quality", "sharpness", "teacher")
+STAGES = ("inspector", "featnet", "clip", "judge", "quality", "sharpness", "teacher", "teacher_web")
+TEACHER_STAGES = ("teacher", "teacher_web")
 
 
 # Settings that say how a stage runs, not what it trains: not part of its config hash.
@@ -49,7 +51,14 @@ _RUN_ONLY = ("device", "workers", "checkpoint_every")
 
 def _stage_hash(cfg: WorldBuildConfig, stage: str, exclude: tuple[str, ...] = ()) -> str:
     stage_cfg = {k: v for k, v in to_dict(getattr(cfg, stage)).items() if k not in exclude + _RUN_ONLY}
+    # Fields added with world v2 enter only when they differ from the exact-caption recipe, so the
+    # shipped teacher's hash (and its "up to date" status) is the one it was built with.
+    for key, plain in (("captions", "exact"), ("init", ""), ("reset_cross_attention", False)):
+        if stage_cfg.get(key, plain) == plain:
+            stage_cfg.pop(key, None)
     d = {"seed": cfg.seed, "stage": stage, "cfg": stage_cfg, "pool": cfg.pool_size}
+    if stage in TEACHER_STAGES and stage_cfg.get("captions") == "web":
+        d["captioner"] = to_dict(cfg.captioner)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -316,16 +325,20 @@ class _TeacherBatches(torch.utils.data.Dataset):
     same whether it is rendered in this process or in any number of loader workers.
     """
 
-    def __init__(self, cfg: WorldBuildConfig, pool: PromptPool, start: int, total: int):
-        self.cfg, self.pool, self.start, self.total = cfg, pool, start, total
+    def __init__(self, cfg: WorldBuildConfig, stage: str, pool: PromptPool | CaptionPool, start: int, total: int):
+        self.cfg, self.stage, self.pool, self.start, self.total = cfg, stage, pool, start, total
 
     def __len__(self) -> int:
         return self.total - self.start
 
     def __getitem__(self, i: int):
-        c, step = self.cfg.teacher, self.start + i
-        g = step_generator(self.cfg.seed, "teacher", step)
-        idx, _, _, images = _pool_batch(self.pool, c.batch_size, g)
+        c, step = getattr(self.cfg, self.stage), self.start + i
+        g = step_generator(self.cfg.seed, "teacher", step)  # one stream key for both teachers
+        if isinstance(self.pool, CaptionPool):  # web captions: pool scenes re-rendered with fresh jitter
+            idx = torch.randint(0, self.pool.size, (c.batch_size,), generator=g)
+            images = render(self.pool.scenes.index(idx), g)
+        else:
+            idx, _, _, images = _pool_batch(self.pool, c.batch_size, g)
         drop = torch.rand(c.batch_size, generator=g) < c.cond_drop
         x0 = F.pixel_unshuffle(images, 2)  # (B, 12, 16, 16)
         t = torch.randint(0, 1000, (c.batch_size,), generator=g)
@@ -338,33 +351,52 @@ class _TeacherBatches(torch.utils.data.Dataset):
         return idx, drop, x0, t, eps
 
 
-def train_teacher(cfg: WorldBuildConfig, pool: PromptPool, work_dir: Path) -> tuple[nn.Module, dict]:
+def _reset_cross_attention(model: nn.Module, seed: int) -> None:
+    """Forget everything the UNet reads from text: fresh key/value projections of every
+    cross-attention layer and a zero output projection, so the network starts unconditional
+    (its image prior intact) and learns the prompts anew from its own captions."""
+    torch.manual_seed(int(step_generator(seed, "teacher-reset", -1).initial_seed()))
+    for name, module in model.named_modules():
+        if name.endswith("attn2"):
+            module.to_k.reset_parameters()
+            module.to_v.reset_parameters()
+            nn.init.zeros_(module.to_out[0].weight)
+            nn.init.zeros_(module.to_out[0].bias)
+
+
+def train_teacher(cfg: WorldBuildConfig, stage: str, pool: PromptPool | CaptionPool, work_dir: Path,
+                  out_dir: Path) -> tuple[nn.Module, dict]:
     """Text-conditional eps-prediction UNet on pixel-unshuffled renders (SD1.5's schedule).
 
     Caption dropout (`cond_drop`) replaces the prompt by "" so the same network gives the
-    unconditional score for CFG. The EMA weights are what ships. `teacher.device` and
-    `teacher.workers` let the same recipe run on a GPU with batches rendered in parallel.
+    unconditional score for CFG. The EMA weights are what ships. `device` and `workers` let the
+    same recipe run on a GPU with batches rendered in parallel. `stage` is "teacher" (exact
+    captions, the shipped base model) or "teacher_web" (web captions, world v2; SPEC 6.1).
     """
     from diffusers import UNet2DConditionModel
 
     from ..diffusion import VPSchedule, add_noise
 
-    c = cfg.teacher
+    c = getattr(cfg, stage)
     device = torch.device(c.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)
     model = UNet2DConditionModel(**teacher_unet_config())
+    if c.init:
+        model.load_state_dict(load_safetensors(asset_path(c.init, out_dir, verify=True)))
+        if c.reset_cross_attention:
+            _reset_cross_attention(model, cfg.seed)
     ema = UNet2DConditionModel(**teacher_unet_config()).requires_grad_(False)
     ema.load_state_dict(model.state_dict())
     model.to(device)
     ema.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=0.0)
     schedule = VPSchedule()
-    state_path = work_dir / "teacher_state.pt"
+    state_path = work_dir / f"{stage}_state.pt"
     # Where a run stops does not change its steps: a longer `stop_at` resumes a shorter one's state.
-    resume_hash = _stage_hash(cfg, "teacher", exclude=("stop_at",))
+    resume_hash = _stage_hash(cfg, stage, exclude=("stop_at",))
     start, losses = 0, []
     if state_path.exists():
         st = torch_load_safe(state_path)
@@ -374,13 +406,13 @@ def train_teacher(cfg: WorldBuildConfig, pool: PromptPool, work_dir: Path) -> tu
             if st["opt"]:  # empty at a cycle boundary: the next step starts a fresh optimizer
                 opt.load_state_dict(st["opt"])
             start, losses = int(st["step"]), [float(x) for x in st["losses"]]
-            print(f"world build: teacher resumes at step {start}")
+            print(f"world build: {stage} resumes at step {start}")
     total = c.stop_at or c.steps + c.finetune_steps
     # The prompt states live on the device (one copy, fp16); loader workers only draw indices.
     text_pool = replace(pool, states=pool.states.to(device), mask=pool.mask.to(device),
                         empty_states=pool.empty_states.to(device))
     loader = torch.utils.data.DataLoader(
-        _TeacherBatches(cfg, pool, start, total), batch_size=None, shuffle=False, num_workers=c.workers,
+        _TeacherBatches(cfg, stage, pool, start, total), batch_size=None, shuffle=False, num_workers=c.workers,
         pin_memory=device.type == "cuda", prefetch_factor=4 if c.workers else None)
     model.train()
     ema_params, model_params = list(ema.parameters()), list(model.parameters())
@@ -390,7 +422,7 @@ def train_teacher(cfg: WorldBuildConfig, pool: PromptPool, work_dir: Path) -> tu
         losses.extend(torch.stack(pending).tolist())
         pending.clear()
 
-    bar = tqdm(range(start, total), desc="world build: teacher", unit="step", initial=start, total=total,
+    bar = tqdm(range(start, total), desc=f"world build: {stage}", unit="step", initial=start, total=total,
                dynamic_ncols=True)
     for step, (idx, drop, x0, t, eps) in zip(bar, loader):
         if step == c.steps:
@@ -447,6 +479,21 @@ def load_or_build_pool(cfg: WorldBuildConfig, work_dir: Path) -> PromptPool:
     return pool
 
 
+def load_or_build_caption_pool(cfg: WorldBuildConfig, work_dir: Path) -> CaptionPool:
+    """The web-caption teacher's scenes and captions, encoded once and cached (keyed by the captioner)."""
+    key = hashlib.sha256(json.dumps({"seed": cfg.seed, "captioner": to_dict(cfg.captioner)},
+                                    sort_keys=True).encode()).hexdigest()[:12]
+    path = work_dir / f"caption_pool_{key}.safetensors"
+    if path.exists():
+        return CaptionPool.from_tensors(load_safetensors(path), json.loads(path.with_suffix(".json").read_text()))
+    bar = tqdm(total=cfg.captioner.pool_size, desc="world build: caption pool", unit="caption", dynamic_ncols=True)
+    pool = CaptionPool.build(cfg.captioner, cfg.seed + 11, WorldTextEncoder(), progress=lambda k, n: bar.update(k - bar.n))
+    bar.close()
+    atomic_write_bytes(path.with_suffix(".json"), json.dumps(pool.captions).encode())
+    atomic_save_safetensors(pool.tensors(), path)
+    return pool
+
+
 def build_world(cfg: WorldBuildConfig, only: list[str] | None = None, force: bool = False,
                 command: str = "rzero world build") -> dict:
     """Run the build stages; returns the manifest written next to the assets."""
@@ -461,9 +508,11 @@ def build_world(cfg: WorldBuildConfig, only: list[str] | None = None, force: boo
     for s in stages:
         if s not in STAGES:
             raise ValueError(f"unknown build stage '{s}'; choose from {', '.join(STAGES)}")
-    if "teacher" in stages and cfg.teacher.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"teacher.device is '{cfg.teacher.device}' but no CUDA GPU is visible; pass "
-                         "teacher.device=cpu (configs/world_build.yaml is the CPU recipe)")
+    for s in TEACHER_STAGES:
+        device = getattr(cfg, s).device
+        if s in stages and device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"{s}.device is '{device}' but no CUDA GPU is visible; pass "
+                             f"{s}.device=cpu (configs/world_build.yaml is the CPU recipe)")
     pool = None
     for stage in stages:
         h = _stage_hash(cfg, stage)
@@ -472,11 +521,13 @@ def build_world(cfg: WorldBuildConfig, only: list[str] | None = None, force: boo
         if not force and path.exists() and entry.get("config_hash") == h and entry.get("sha256") == sha256_file(path):
             print(f"world build: {stage} is up to date ({path.name}), skipping")
             continue
-        if pool is None:
+        web = stage in TEACHER_STAGES and getattr(cfg, stage).captions == "web"
+        if pool is None and not web:  # the web-caption teacher reads its own caption pool only
             pool = load_or_build_pool(cfg, work)
         t0 = time.time()
-        if stage == "teacher":
-            model, metrics = train_teacher(cfg, pool, work)
+        if stage in TEACHER_STAGES:
+            data = load_or_build_caption_pool(cfg, work) if web else pool
+            model, metrics = train_teacher(cfg, stage, data, work, out)
         else:
             model, metrics = {"inspector": train_inspector, "featnet": train_featnet, "clip": train_clip,
                               "judge": train_judge, "quality": train_quality,

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import torch
 
-from .assets import load_state
+from .assets import WORLD_TEACHERS, load_state
 from .models import (WorldClip, WorldFeatureNet, WorldInspector, WorldJudge, WorldQuality, WorldSharpness,
                      teacher_unet_config)
 
 
 def build_network(name: str) -> torch.nn.Module:
     """A randomly initialised network of the asset `name` (architecture only)."""
-    if name == "teacher":
+    if name in WORLD_TEACHERS:
         from diffusers import UNet2DConditionModel
 
         return UNet2DConditionModel(**teacher_unet_config())
