@@ -1,6 +1,6 @@
 """R0's regularization front on the built-in world: lambda_w x training length x seeds.
 
-    python benchmarks/r0_sweep.py --out runs/sweep_r0 [--weights 0.15 0.03 0.01 0.003]
+    python benchmarks/r0_sweep.py --out runs/sweep_r0 [--teacher teacher_web] [--weights 0.5 0.15 0.05 0.015]
         [--lengths 100 200 300] [--seeds 0 1] [--jobs 2] [--preset world_r0]
     python benchmarks/r0_sweep.py --out runs/sweep_r0 --report-only
 
@@ -33,7 +33,7 @@ def run_name(weight: float, seed: int) -> str:
 
 
 def train(args: tuple) -> str:
-    preset, out, weight, seed, length, every, threads = args
+    preset, out, weight, seed, length, every, threads, teacher = args
     import torch
 
     from rzero.config import load_config
@@ -43,6 +43,8 @@ def train(args: tuple) -> str:
     torch.set_num_threads(threads)
     overrides = [f"regularization.weight={weight}", f"seed={seed}", f"iterations={length}", f"threads={threads}",
                  f"checkpoint_every={every}", "keep_checkpoints=10", "track_every=50"]
+    if teacher != "teacher":
+        overrides.append(f"backbone_path={teacher}")
     cfg = load_config(TrainConfig, CONFIGS / f"{preset}.yaml", overrides)
     R0Trainer(cfg, out).fit()
     return str(out)
@@ -165,7 +167,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/sweep_r0")
     ap.add_argument("--preset", default="world_r0")
-    ap.add_argument("--weights", type=float, nargs="+", default=[0.15, 0.03, 0.01, 0.003])
+    ap.add_argument("--teacher", default="teacher", choices=["teacher", "teacher_web"],
+                    help="the world base model R0 starts from and is compared with")
+    ap.add_argument("--weights", type=float, nargs="+", default=[0.5, 0.15, 0.05, 0.015])
     ap.add_argument("--lengths", type=int, nargs="+", default=[100, 200, 300])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--jobs", type=int, default=2, help="training runs at once (one thread each)")
@@ -186,20 +190,21 @@ def main() -> None:
         from rzero.eval.world_eval import generator_source, teacher_source
 
         cfg = EvalConfig(prompts_per_level=args.prompts_per_level, heldout_prompts=args.prompts_per_level,
-                         paraphrase_per_level=25, threads=2)
-        setup = {"prompts_per_level": args.prompts_per_level, "paraphrase_per_level": 25, "preset": args.preset}
+                         paraphrase_per_level=25, threads=2, teacher=args.teacher)
+        setup = {"prompts_per_level": args.prompts_per_level, "paraphrase_per_level": 25, "preset": args.preset,
+                 "teacher": args.teacher}
         if results.setdefault("setup", setup) != setup:
             raise SystemExit(f"error: {res_path} was measured with {results['setup']}, not {setup}; use another --out")
         if "teacher" not in results["eval"] and args.teacher_json:
             results["eval"]["teacher"] = json.loads(Path(args.teacher_json).read_text())
-        evaluate(results, "teacher", lambda: teacher_source(cfg), cfg, res_path)
-        jobs = [(args.preset, out / run_name(w, s), w, s, lengths[-1], lengths[0], 1) for w in args.weights for s in args.seeds
+        jobs = [(args.preset, out / run_name(w, s), w, s, lengths[-1], lengths[0], 1, args.teacher) for w in args.weights for s in args.seeds
                 if not (out / run_name(w, s) / "final" / "generator.json").is_file()]
         if jobs:
             ctx = mp.get_context("spawn")
             with ctx.Pool(args.jobs) as pool:
                 for done in pool.imap_unordered(train, jobs):
                     print(f"sweep: trained {done}", flush=True)
+        evaluate(results, "teacher", lambda: teacher_source(cfg), cfg, res_path)
         for w in args.weights:
             for s in args.seeds:
                 run = out / run_name(w, s)

@@ -82,6 +82,8 @@ def main() -> None:
                          "moves by several points between draws at 24)")
     ap.add_argument("--teacher-json", default=None,
                     help="reuse a teacher evaluation (`rzero eval --model teacher --json`) of the same protocol")
+    ap.add_argument("--teacher", default="teacher", choices=["teacher", "teacher_web"],
+                    help="the world base model: R0 starts from it and is compared with it (world v2: teacher_web)")
     ap.add_argument("--report-only", action="store_true", help="rebuild results.md from results.json")
     args = ap.parse_args()
     out = Path(args.out)
@@ -91,8 +93,10 @@ def main() -> None:
     if not args.report_only:
         sizes = {"prompts_per_level": args.prompts_per_level, "heldout_prompts": args.prompts_per_level,
                  "diversity_prompts": args.diversity_prompts}
-        cfg = EvalConfig(**{k: v for k, v in sizes.items() if v is not None})
+        cfg = EvalConfig(**{k: v for k, v in sizes.items() if v is not None}, teacher=args.teacher)
         setup = {k: getattr(cfg, k) for k in sizes}
+        if args.teacher != "teacher":  # older folders (the shipped teacher) lack the key
+            setup["teacher"] = args.teacher
         if results.setdefault("eval_setup", setup) != setup:
             raise SystemExit(f"error: {res_path} was measured with {results['eval_setup']}, not {setup}; "
                              "use another --out or the same sizes")
@@ -103,6 +107,8 @@ def main() -> None:
             res_path.write_text(json.dumps(results, indent=2))
         for preset in args.presets:
             overrides = [f"track_every={args.track_every}"]
+            if args.teacher != "teacher":
+                overrides.append(f"backbone_path={args.teacher}")
             if args.iterations:
                 overrides.append(f"iterations={args.iterations}")
             if args.threads:
