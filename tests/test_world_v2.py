@@ -142,3 +142,26 @@ def test_eval_reports_acc_paraphrase(world_assets):
     off, _ = evaluate_world(real_source(cfg.seed + 1), EvalConfig(**{**cfg.__dict__, "paraphrase_per_level": 0}),
                             world_assets)
     assert "acc_paraphrase" not in off
+
+
+def test_world_teacher_is_selectable(world_assets):
+    """A world run or evaluation names its base model: the shipped teacher or the web-caption one."""
+    from pathlib import Path
+
+    from rzero.backbones import WorldBackbone
+    from rzero.config import load_config
+    from rzero.config.io import ConfigError
+    from rzero.config.schema import TrainConfig
+    from rzero.utils.io import load_safetensors
+
+    preset = Path(__file__).resolve().parents[1] / "configs" / "world_r0.yaml"
+    assert load_config(TrainConfig, preset, ["backbone_path=teacher_web"]).backbone_path == "teacher_web"
+    with pytest.raises(ConfigError, match="teacher asset"):
+        load_config(TrainConfig, preset, ["backbone_path=teacher_v9"])
+    with pytest.raises(ValueError, match="teacher_web"):
+        EvalConfig(teacher="teacher_v9")
+    web = WorldBackbone(asset_dir=world_assets, teacher="teacher_web").unet.state_dict()
+    stored = load_safetensors(world_assets / "teacher_web_unet.safetensors")
+    shipped = load_safetensors(world_assets / "teacher_unet.safetensors")
+    assert all(torch.equal(web[k], stored[k]) for k in stored)
+    assert not all(torch.equal(stored[k], shipped[k]) for k in stored)
