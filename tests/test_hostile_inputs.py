@@ -680,3 +680,25 @@ def test_error_line_cuts_a_huge_value(capsys):
     code, _, err = run(capsys, "train", "--dry-run", "method=" + "x" * 100_000)
     line = one_line_error(code, err, "method")
     assert len(line) < 1200
+
+
+def test_unknown_reward_name_in_dry_run(capsys):
+    """Before: --dry-run printed the config; the name failed only once training built its rewards."""
+    code, _, err = run(capsys, "train", "--dry-run", "reward.names=[world-clip, world-judgee]")
+    one_line_error(code, err, "reward.names[1]", "did you mean 'world-judge'")
+
+
+def test_report_teacher_steps_out_of_range(capsys, tmp_path):
+    """Before: accepted, and the teacher grid silently became "not available" (exit 0)."""
+    code, _, err = run(capsys, "report", fake_run(tmp_path), "--teacher-steps", "1000000000")
+    one_line_error(code, err, "--teacher-steps")
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["serve", "--threads", "100000000", "--port", "1"], "--threads"),  # before: libgomp aborted the process
+    (["sample", "--prompt", "x", "--num-per-prompt", "100000000", "--out", "x.png"], "--num-per-prompt"),
+])
+def test_absurd_sizes_on_the_command_line(tmp_path, argv, fragment):
+    """Before: an abort (threads) or a run that never ends (10**8 images); in a child with a memory cap."""
+    proc = cli_subprocess(*[str(tmp_path / a) if a == "x.png" else a for a in argv], timeout=120)
+    one_line_error(proc.returncode, proc.stderr, fragment)

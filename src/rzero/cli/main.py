@@ -159,14 +159,23 @@ def check_world_manifest(folder: str | Path | None) -> None:
                              f"an integer 'bytes'; {fix}")
 
 
-def check_reward_options(options: dict, key: str, reserved: tuple[str, ...] = ("asset_dir",)) -> None:
-    """Every option under `key` (reward.options, scale.reward_options) is a constructor argument of
-    its reward; an unknown one would otherwise end in a TypeError inside the constructor."""
+def check_reward_options(options: dict, key: str, reserved: tuple[str, ...] = ("asset_dir",),
+                         names: list[str] = (), names_key: str = "") -> None:
+    """Every reward in `names` is registered, and every option under `key` (reward.options,
+    scale.reward_options) is a constructor argument of its reward; before any work (and in
+    --dry-run), instead of an error when the rewards are built or a TypeError inside one."""
+    import difflib
     import inspect
 
     from ..config import ConfigError
     from ..rewards import REWARDS
 
+    for i, name in enumerate(names):
+        if name not in REWARDS:
+            close = difflib.get_close_matches(name, list(REWARDS), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ConfigError(f"config key '{names_key}[{i}]' names unknown reward '{name}' ({hint}choose from "
+                              f"{', '.join(sorted(REWARDS))})")
     for name, opts in options.items():
         if name not in REWARDS:
             continue  # reported with the list of rewards when the reward is built
@@ -247,7 +256,8 @@ def _eval_config(args):
         if not args.checkpoint:  # the teacher's eta is a protocol field; a generator's lives in its snapshot
             overrides.append(f"eta={args.eta}")
     cfg = load_config(EvalConfig, config, overrides)
-    check_reward_options(cfg.scale.reward_options, "scale.reward_options", reserved=())
+    check_reward_options(cfg.scale.reward_options, "scale.reward_options", reserved=(), names=cfg.scale.rewards,
+                         names_key="scale.rewards")
     return cfg
 
 
@@ -305,6 +315,7 @@ def cmd_eval(args) -> int:
 
 
 SAMPLE_BATCH = 64  # images per forward pass of `rzero sample`
+MAX_SAMPLE_IMAGES = 4096  # images in one grid (one PNG)
 
 
 def cmd_sample(args) -> int:
@@ -325,6 +336,9 @@ def cmd_sample(args) -> int:
         return _fail(f"prompt {undecodable[0]!r} is not valid UTF-8 text; pass UTF-8", EXIT_USAGE)
     if (args.steps is not None and args.steps <= 0) or args.num_per_prompt <= 0:
         return _fail("--steps and --num-per-prompt must be positive", EXIT_USAGE)
+    if len(prompts) * args.num_per_prompt > MAX_SAMPLE_IMAGES:
+        return _fail(f"{len(prompts)} prompts x --num-per-prompt {args.num_per_prompt} is more than "
+                     f"{MAX_SAMPLE_IMAGES} images in one grid; ask for fewer", EXIT_USAGE)
     if args.eta is not None and not 0 <= args.eta <= 1:
         return _fail("--eta must be in [0, 1]", EXIT_USAGE)
     from ..eval.report import save_grid
@@ -375,7 +389,7 @@ def cmd_train(args) -> int:
 
     config, overrides = _split_config(args)
     cfg = load_config(TrainConfig, config, overrides)
-    check_reward_options(cfg.reward.options, "reward.options")
+    check_reward_options(cfg.reward.options, "reward.options", names=cfg.reward.names, names_key="reward.names")
     if args.dry_run:
         print(format_config(cfg), end="")
         return 0

@@ -23,8 +23,8 @@ def register(sub) -> None:
 def run(args) -> int:
     from .main import check_output_file
 
-    if args.teacher_steps <= 0:
-        raise ValueError(f"--teacher-steps must be positive, got {args.teacher_steps}")
+    if not 0 < args.teacher_steps <= 1000:
+        raise ValueError(f"--teacher-steps must be in 1..1000 (the schedule's timesteps), got {args.teacher_steps}")
     if args.max_grids < 2:
         raise ValueError(f"--max-grids must be >= 2 (the first and the last grid are always shown), got {args.max_grids}")
     check_output_file(args.out, "--out")

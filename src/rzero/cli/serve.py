@@ -89,8 +89,10 @@ def guard_host(app, bound: str, extra: list[str] | tuple[str, ...] = ()):
 def run(args) -> int:
     from ..serve import check_port_free
 
-    if args.threads is not None and args.threads <= 0:
-        raise ValueError(f"--threads must be positive, got {args.threads}")
+    from ..config.schema import MAX_THREADS
+
+    if args.threads is not None and not 0 < args.threads <= MAX_THREADS:
+        raise ValueError(f"--threads must be in 1..{MAX_THREADS}, got {args.threads}")
     check_port_free(args.host, args.port)  # before minutes of model loading on a big backbone
     import torch
     import uvicorn
