@@ -3,6 +3,7 @@
     python benchmarks/r0_sweep.py --out runs/sweep_r0 [--teacher teacher_web] [--weights 0.5 0.15 0.05 0.015]
         [--lengths 100 200 300] [--seeds 0 1] [--jobs 2] [--preset world_r0]
     python benchmarks/r0_sweep.py --out runs/sweep_r0 --report-only
+    python benchmarks/r0_sweep.py --out runs/sweep_r0 --from-tracking [--teacher teacher_web]
 
 Each (lambda_w, seed) trains one run of max(--lengths) iterations with a checkpoint at every
 length; the EMA weights of each checkpoint are evaluated with the `rzero eval` protocol
@@ -10,6 +11,11 @@ length; the EMA weights of each checkpoint are evaluated with the `rzero eval` p
 Pareto plot of mean L3/L4 accuracy against world-FID (`pareto.png`); `--docs` copies both to
 benchmarks/results/r0_sweep.json and docs/img/pareto_r0.png. Resumable: finished runs and
 evaluations are reused (a folder refuses other sizes).
+
+`--from-tracking` skips the protocol evaluations and builds the same table and plot from
+the runs' tracked numbers (`track_every` 50: 24 prompts per level, world-FID over those 96
+images) and the teacher evaluated on the same tracking set; cheaper, noisier, and FIDs on
+96 images are not comparable with protocol FIDs (results_tracking.json, pareto_tracking.png).
 
 The pick rule (docs/decisions.md): among settings whose seed-mean world-FID is <= 1.2x the
 teacher's and diversity >= 0.7x, the highest seed-mean (L3 + L4) / 2; ties go to the larger
@@ -77,6 +83,41 @@ def evaluate(results: dict, key: str, source_fn, cfg, res_path: Path) -> dict:
     return results["eval"][key]
 
 
+def from_tracking(out: Path, weights: list[float], seeds: list[int], lengths: list[int], teacher: str) -> dict:
+    """Protocol-shaped results from the runs' tracked rows, and the teacher on the tracking set."""
+    from rzero.backbones import WorldBackbone
+    from rzero.config.schema import EvalConfig
+    from rzero.eval.world_eval import quick_world_eval
+    from rzero.utils.seeding import per_image_draws
+    from rzero.utils.stats import read_jsonl
+
+    results = {"setup": {"source": "tracking", "per_level": 24, "teacher": teacher}, "eval": {}}
+    rows0 = {}
+    for w in weights:
+        for s in seeds:
+            rows = {r["step"]: r for r in read_jsonl(out / run_name(w, s) / "stats.jsonl") if "track/acc_L1" in r}
+            rows0 = rows0 or rows
+            for step in lengths:
+                if step in rows:
+                    r = rows[step]
+                    m = {k.split("/")[1]: v for k, v in r.items() if k.startswith("track/")}
+                    # Training-batch reward means at that step (not the protocol's evaluation-set means).
+                    m.update({"reward_" + k.split("/")[1].replace("-", "_"): v for k, v in r.items()
+                              if k.startswith("reward/")})
+                    results["eval"][f"{w:g}|{s}|{step}"] = m
+    cfg = EvalConfig(teacher=teacher)
+    backbone = WorldBackbone(teacher=teacher).eval()
+
+    def generate(prompts, specs, idx):
+        noise, gens = per_image_draws(backbone.latent_shape, 4321, idx)
+        return backbone.sample(prompts, noise, steps=cfg.steps, cfg=cfg.cfg, eta=cfg.eta, generator=gens)
+
+    results["eval"]["teacher"] = quick_world_eval(generate, 24)
+    for m in results["eval"].values():  # the table's other columns are not tracked
+        m.setdefault("diversity", float("nan"))
+    return results
+
+
 def mean_l34(m: dict) -> float:
     return 0.5 * (m["acc_L3"] + m["acc_L4"])
 
@@ -98,7 +139,7 @@ def summarize(results: dict) -> dict:
                      **{k: avg[k] for k in ("acc_L1", "acc_L2", "acc_L3", "acc_L4", "acc_heldout", "acc_paraphrase",
                                             "world_fid", "diversity", "reward_world_clip", "reward_world_judge",
                                             "reward_world_quality") if k in avg}})
-    ok = [r for r in rows if r["fid_ratio"] <= FID_RATIO and r["diversity_ratio"] >= DIVERSITY_RATIO]
+    ok = [r for r in rows if r["fid_ratio"] <= FID_RATIO and not r["diversity_ratio"] < DIVERSITY_RATIO]  # nan: untracked
     pick = max(ok, key=lambda r: (round(r["mean_L3_L4"], 3), r["weight"], -r["length"])) if ok else None
     return {"rows": rows, "pick": pick, "teacher_mean_L3_L4": mean_l34(t),
             "rule": f"world-FID <= {FID_RATIO}x and diversity >= {DIVERSITY_RATIO}x the teacher's (seed means); "
@@ -145,13 +186,15 @@ def plot(results: dict, path: Path) -> None:
 
 def markdown(results: dict) -> str:
     s = summarize(results)
-    t = results["eval"]["teacher"]
+    t = {k: float("nan") for k in ("acc_heldout", "reward_world_judge", "reward_world_clip")}
+    t.update(results["eval"]["teacher"])
     lines = ["| lambda_w | iterations | L3 | L4 | mean L3/L4 | held-out | paraphrase | world-FID (x teacher) | "
              "diversity (x teacher) | judge | clip |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines.append(f"| teacher | 25 DDIM + CFG | {t['acc_L3']:.2f} | {t['acc_L4']:.2f} | {mean_l34(t):.2f} | "
                  f"{t['acc_heldout']:.2f} | {t.get('acc_paraphrase', float('nan')):.2f} | {t['world_fid']:.0f} | "
                  f"{t['diversity']:.1f} | {t['reward_world_judge']:.3f} | {t['reward_world_clip']:.3f} |")
     for r in s["rows"]:
+        r = {"acc_heldout": float("nan"), "reward_world_judge": float("nan"), "reward_world_clip": float("nan"), **r}
         lines.append(f"| {r['weight']:g} | {r['length']} | {r['acc_L3']:.2f} | {r['acc_L4']:.2f} | {r['mean_L3_L4']:.2f} "
                      f"| {r['acc_heldout']:.2f} | {r.get('acc_paraphrase', float('nan')):.2f} | {r['world_fid']:.0f} "
                      f"({r['fid_ratio']:.2f}x) | {r['diversity']:.1f} ({r['diversity_ratio']:.2f}x) | "
@@ -177,15 +220,18 @@ def main() -> None:
     ap.add_argument("--teacher-json", default=None, help="reuse a teacher evaluation of the same sizes")
     ap.add_argument("--docs", action="store_true", help="copy the JSON and plot to benchmarks/results and docs/img")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--from-tracking", action="store_true", help="table and plot from the tracked numbers only")
     args = ap.parse_args()
     lengths = sorted(args.lengths)
     if any(n % lengths[0] for n in lengths):
         raise SystemExit("error: every --lengths value must be a multiple of the shortest")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    res_path = out / "results.json"
+    res_path = out / ("results_tracking.json" if args.from_tracking else "results.json")
     results = json.loads(res_path.read_text()) if res_path.exists() else {"eval": {}}
-    if not args.report_only:
+    if args.from_tracking:
+        results = from_tracking(out, args.weights, args.seeds, lengths, args.teacher)
+    elif not args.report_only:
         from rzero.config.schema import EvalConfig
         from rzero.eval.world_eval import generator_source, teacher_source
 
@@ -213,13 +259,14 @@ def main() -> None:
                     evaluate(results, f"{w:g}|{s}|{step}", lambda: generator_source(snap, cfg), cfg, res_path)
     results["summary"] = summarize(results)
     res_path.write_text(json.dumps(results, indent=2))
-    plot(results, out / "pareto.png")
-    (out / "results.md").write_text(markdown(results))
+    suffix = "_tracking" if args.from_tracking else ""
+    plot(results, out / f"pareto{suffix}.png")
+    (out / f"results{suffix}.md").write_text(markdown(results))
     print(markdown(results))
     if args.docs:
         root = Path(__file__).resolve().parents[1]
-        shutil.copy(res_path, root / "benchmarks" / "results" / "r0_sweep.json")
-        shutil.copy(out / "pareto.png", root / "docs" / "img" / "pareto_r0.png")
+        shutil.copy(res_path, root / "benchmarks" / "results" / f"r0_sweep{suffix}.json")
+        shutil.copy(out / f"pareto{suffix}.png", root / "docs" / "img" / f"pareto_r0{suffix}.png")
 
 
 if __name__ == "__main__":
