@@ -116,11 +116,12 @@ def test_cli_export_and_its_errors(tiny_sd15, prompt_file, tmp_path, capsys):  #
 
 
 def test_world_snapshot_is_refused(tmp_path):
-    (tmp_path / "final").mkdir()
-    (tmp_path / "final" / "generator.json").write_text(json.dumps({"backbone": "world", "steps": 4}))
-    (tmp_path / "final" / "generator.safetensors").write_bytes(b"")
+    run = tmp_path / "run"  # the output lies beside the run: export refuses an OUT inside it
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "generator.json").write_text(json.dumps({"backbone": "world", "steps": 4}))
+    (run / "final" / "generator.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="backbone 'world'.*no diffusers pipeline"):
-        export(tmp_path, "diffusers", tmp_path / "o")
+        export(run, "diffusers", tmp_path / "o")
 
 
 def test_stock_schedulers_take_the_generator_grid():
