@@ -86,7 +86,7 @@ def test_fake_score_update_lowers_its_denoising_loss(backbone):
             return float(fake.denoising_loss(x0, cond, uncond, torch.Generator().manual_seed(123)))
 
     before = loss_at_fixed_noise()
-    fake.update(x0, cond, uncond, torch.Generator().manual_seed(5), steps=8)
+    fake.update([(x0, cond, uncond, torch.Generator().manual_seed(5))], steps=8)
     after = loss_at_fixed_noise()
     assert after < 0.9 * before, (before, after)
     # psi is a copy: the backbone's own denoiser kept its weights.
@@ -145,6 +145,38 @@ def test_generator_gradient_reaches_trainable_weights_only(world_assets, tmp_pat
     assert all(p.grad is None for p in tr.fake.net.parameters())  # psi's grads are cleared after its own step
 
 
+def test_fake_score_steps_once_per_generator_update_over_all_micro_batches(world_assets, tmp_path):
+    """K_fake updates per generator update (SPEC 2), whatever grad_accum: with 2 micro-batches psi
+    steps once per iteration on both, and each micro-batch's train_step sees the x0 psi saw."""
+    tr = _trainer(world_assets, tmp_path, "world_distar.yaml",
+                  ["iterations=2", "grad_accum=2", "batch_size=1", "di.fake_updates=2", "di.diagnostics_every=0"])
+    seen = []
+    update = tr.fake.update
+
+    def spy(batches, steps):
+        seen.append([x0.clone() for x0, *_ in batches])
+        return update(batches, steps)
+
+    tr.fake.update = spy
+    sample = tr.sample
+    drawn = []
+
+    def spy_sample(g, grad=True):
+        out = sample(g, grad)
+        if grad:
+            drawn.append(out[3].detach().clone())
+        return out
+
+    tr.sample = spy_sample
+    tr.fit()
+    assert [len(b) for b in seen] == [2, 2]  # one update call per iteration, on both micro-batches
+    for it in range(2):  # train_step redraws the very x0 psi was trained on
+        for micro in range(2):
+            assert torch.equal(drawn[2 * it + micro], seen[it][micro])
+    steps = {int(st["step"]) for st in tr.fake.optimizer.state_dict()["state"].values()}
+    assert steps == {2 * 2}  # iterations x fake_updates, not x grad_accum
+
+
 def test_distar_t_init_option(world_assets, tmp_path):
     tr = _trainer(world_assets, tmp_path, "world_distar.yaml", ["iterations=1", "di.t_init=399"])
     assert tr.generator.timesteps.tolist() == [399.0]
@@ -190,10 +222,10 @@ def test_distar_preset_runs_on_tiny_sd(kind, tiny_sd15, tiny_sd3, prompt_file, t
             return images[:, 0].mean((1, 2))
 
     path = {"sd15": tiny_sd15, "sd3": tiny_sd3}[kind]
+    # The preset's own precision (bf16 weights, bf16 mixed precision): no dtype override.
     cfg = load_config(TrainConfig, CONFIGS / "sd15_distar.yaml", [
-        f"backbone={kind}", f"backbone_path={path}", f"prompt_file={prompt_file}", "backbone_dtype=float32",
-        "mixed_precision='no'", "iterations=2", "batch_size=2", "grad_accum=1", "sample_every=1000", "threads=2",
-        "di.diagnostics_every=1"])
+        f"backbone={kind}", f"backbone_path={path}", f"prompt_file={prompt_file}", "iterations=2", "batch_size=2",
+        "grad_accum=2", "sample_every=1000", "threads=2", "di.diagnostics_every=1", "log_every=1"])
     tr = TRAINERS["distar"](cfg, tmp_path, rewards={"redness": Redness().freeze()})
     final = tr.fit()
     from rzero.utils.stats import read_jsonl
@@ -202,3 +234,69 @@ def test_distar_preset_runs_on_tiny_sd(kind, tiny_sd15, tiny_sd3, prompt_file, t
     assert all(math.isfinite(r["diag/cos_reward_div"]) and r["fake/loss"] > 0 for r in rows)
     gen, meta = load_generator(final)
     assert meta["backbone"] == kind and gen.steps == 1 and meta["method"] == "distar"
+
+
+# ------------------------------------------------------------------ 2 CPU processes (DDP over generator and psi)
+
+_DDP_SCRIPT = """
+import json, sys
+sys.path[:0] = [{src!r}]
+import torch; torch.set_num_threads(1)
+from pathlib import Path
+from rzero.config import load_config
+from rzero.config.schema import TrainConfig
+from rzero.trainers import TRAINERS
+from rzero.utils.io import atomic_save_safetensors
+out = Path(sys.argv[1])
+cfg = load_config(TrainConfig, {preset!r}, {overrides!r})
+tr = TRAINERS[cfg.method](cfg, out, asset_dir={assets!r})
+tr.fit()
+r = tr.accelerator.process_index
+atomic_save_safetensors(tr.trainable_state(), out / f"gen{{r}}.safetensors")
+atomic_save_safetensors(tr.fake.net.state_dict(), out / f"fake{{r}}.safetensors")
+json.dump({{"n": tr.accelerator.num_processes}}, open(out / f"rank{{r}}.json", "w"))
+"""
+
+
+@pytest.mark.slow  # two processes that each load the world; ~2 min on 2 idle cores
+def test_two_processes_equal_one_process_with_both_ranks_batches_fake_score_included(world_assets, tmp_path):
+    """torchrun, 2 CPU processes (gloo): DDP averages the generator's and psi's gradients, so the
+    run equals 1 process accumulating rank 0's and rank 1's micro-batches (psi stepping once on
+    both), generator and fake score alike. (Longer version: distributed_check.py --method distar.)"""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from rzero.trainers import DiffInstructStarTrainer
+    from rzero.utils.seeding import derived_generator
+
+    overrides = [*TINY, "iterations=2", "batch_size=1", "checkpoint_every=2", "threads=1"]
+    script = tmp_path / "ddp.py"
+    script.write_text(_DDP_SCRIPT.format(src=str(Path(__file__).resolve().parents[1] / "src"),
+                                         preset=str(CONFIGS / "world_distar.yaml"), overrides=overrides,
+                                         assets=str(world_assets)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           "29545", str(script), str(tmp_path / "ddp")], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "ddp" / "rank0.json").read_text())["n"] == 2
+    ranks = [(load_safetensors(tmp_path / "ddp" / f"gen{r}.safetensors"),
+              load_safetensors(tmp_path / "ddp" / f"fake{r}.safetensors")) for r in (0, 1)]
+
+    class Emulated(DiffInstructStarTrainer):
+        def step_generator(self, micro):
+            return derived_generator(self.cfg.seed * 2 + micro, "train", self.iteration)
+
+    cfg = load_config(TrainConfig, CONFIGS / "world_distar.yaml", [*overrides, "grad_accum=2"])
+    emu = Emulated(cfg, tmp_path / "emu", asset_dir=world_assets)
+    gen0 = {n: p.detach().clone() for n, p in emu.named_trainable()}
+    emu.fit()
+    want = (emu.trainable_state(), emu.fake.net.state_dict())
+    for got in ranks:
+        for have, expect in zip(got, want):
+            assert have.keys() == expect.keys()
+            for k in expect:
+                torch.testing.assert_close(have[k], expect[k], rtol=0, atol=1e-6, msg=k)
+    assert any(not torch.equal(want[0][k], v) for k, v in gen0.items())  # the generator did move

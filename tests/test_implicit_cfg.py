@@ -116,7 +116,7 @@ def test_world_r0_run_with_implicit_cfg(world_assets, tmp_path):
     assert not any(p.requires_grad for p in teacher.unet.parameters())
     for k, v in teacher.unet.state_dict().items():
         assert torch.equal(v, before[k]), k
-    moved = any(not torch.equal(p, before[n]) for n, p in tr._unwrapped().named_parameters())
+    moved = any(not torch.equal(p, before[n]) for n, p in tr.denoiser.named_parameters())
     assert moved
 
 

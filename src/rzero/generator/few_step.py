@@ -114,3 +114,27 @@ class FewStepGenerator(torch.nn.Module):
         """Training eta ~ U[eta_min, eta_max]: (B,) per trajectory or (K-1, B) per step."""
         shape = (max(self.steps - 1, 1), b) if per_step else (b,)
         return eta_min + (eta_max - eta_min) * torch.rand(shape, generator=generator)
+
+
+class TrainableGenerator(torch.nn.Module):
+    """The generator as a trainer optimizes it, and as the distributed wrapper (DDP) sees it.
+
+    Its one registered child is the trained denoiser, so its parameters are exactly the ones
+    the optimizer steps and DDP averages (the backbone's frozen VAE and text encoders stay
+    out); its forward is the generator's whole unrolled sampler, so one training forward is
+    one call through the wrapper. That call is what arms DDP's gradient hooks for the
+    backward pass: calling the denoiser K times outside it leaves the ranks unsynchronized.
+
+    forward(noise (B, C, h, w), cond, eta, gen, stop_at, grad_from) -> x0 (B, C, h, w),
+    with the arguments of `FewStepGenerator.forward` (`gen`: its torch.Generator(s)).
+    """
+
+    def __init__(self, generator: FewStepGenerator, denoiser: torch.nn.Module):
+        super().__init__()
+        self.denoiser = denoiser
+        self.__dict__["generator"] = generator  # not a submodule: the backbone is not trained
+
+    def forward(self, noise: torch.Tensor, cond, eta: torch.Tensor | float = 0.0,
+                gen: torch.Generator | list[torch.Generator] | None = None, stop_at: int | None = None,
+                grad_from: int | None = None) -> torch.Tensor:
+        return self.generator(noise, cond, eta, generator=gen, stop_at=stop_at, grad_from=grad_from).x0

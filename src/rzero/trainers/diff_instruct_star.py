@@ -7,7 +7,9 @@ generator's samples, trainers/fake_score.py).
 One iteration, top to bottom:
   1. prompts and noise from this iteration's generator;
   2. x0 = G(z, c): one network call at t_init (DI++ subclasses run K steps);
-  3. psi follows the generator: K_fake denoising-score-matching updates on sg(x0);
+  3. psi follows the generator: K_fake denoising-score-matching updates on sg(x0) (with
+     grad_accum > 1, on every micro-batch's x0 before the first divergence: see
+     `begin_iteration`);
   4. divergence: t ~ U[t_min, t_max], x_t = a_t x0 + b_t eps, y = s_psi - s_ref_w, and the
      push -w(t) a_t C d'(y) on x0 (pseudo-Huber), injected with the detached surrogate
      (DMD-style; option "sim" adds the path through the teacher network, see below);
@@ -28,57 +30,48 @@ exists to check it against.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 
-from ..config.schema import TrainConfig
 from ..diffusion import broadcast_to
-from ..generator import FewStepGenerator
-from ..generator.load import build_backbone
 from ..losses import huber_push, inject, pseudo_huber
-from ..rewards import make_reward
-from ..rewards.composite import CompositeReward
-from .engine import Trainer
+from ..losses.lora import trainable_denoiser
 from .fake_score import FakeScore, backbone_with, frozen_copy, sample_timesteps, score_difference
-from .prompts import prompt_source
-from .r0 import R0Trainer
+from .reward_trainer import RewardTrainer
 
 
-class DiffInstructStarTrainer(Trainer):
-    """DI* on any backbone; `divergence_push` and `build_generator` are what DI++ changes."""
+class DiffInstructStarTrainer(RewardTrainer):
+    """DI* on any backbone; DI++ (trainers/diff_instruct_pp.py) changes `divergence_push` only."""
 
-    def __init__(self, cfg: TrainConfig, out_dir: str | Path, asset_dir=None, backbone=None, rewards=None):
-        super().__init__(cfg, out_dir)
-        self.asset_dir = asset_dir
-        torch.manual_seed(cfg.seed)
-        torch.set_num_threads(cfg.threads)
-        di = cfg.di
-        if cfg.lora.rank > 0:
-            raise ValueError("DI*/DI++ train the full denoiser; LoRA is not supported for them yet (set lora.rank=0)")
-        self.backbone = backbone if backbone is not None else build_backbone(cfg, asset_dir)
-        # Copies before any training: the reference stays the pretrained network, psi starts from it.
+    def build(self) -> None:
+        cfg, di = self.cfg, self.cfg.di
+        # Copies before any training, in the backbone's dtype: the reference stays the pretrained
+        # network; psi starts from it (and keeps float32 master weights, like the generator).
         self.ref = backbone_with(self.backbone, frozen_copy(self.backbone.unet))
         self.fake = FakeScore(self.backbone, di.fake_lr, (cfg.optim.beta1, cfg.optim.beta2), di.cond_drop,
                               (di.t_min, di.t_max))
-        self.model = self.backbone.unet.requires_grad_(True).train()
-        self.generator = self.build_generator()
-        if rewards is None:
-            rewards = {name: make_reward(name, asset_dir=asset_dir, **cfg.reward.options.get(name, {}))
-                       for name in cfg.reward.names}
-        self.reward = CompositeReward(rewards, cfg.reward.weights, cfg.reward.normalize_grads, cfg.reward.delta)
-        self.prompts = prompt_source(cfg.backbone, cfg.prompt_file)
+        self.denoiser = trainable_denoiser(self.backbone.unet)
         self._uncond: dict[int, object] = {}
-        self.setup()
-        device = next(self._unwrapped().parameters()).device
-        self.ref.unet.to(device)
-        self.fake.to(device)
+        self._fake_done: tuple[float, list[torch.Tensor]] | None = None
 
-    def build_generator(self) -> FewStepGenerator:
+    def generator_timesteps(self) -> list[float] | None:
         """DI*: one network call at t_init (default: the top timestep)."""
-        gc, t_init = self.cfg.generator, self.cfg.di.t_init
-        return FewStepGenerator(self.backbone, 1, [t_init] if t_init >= 0 else None, gc.renoise,
-                                gc.gradient_checkpointing)
+        t_init = self.cfg.di.t_init
+        return [t_init] if t_init >= 0 else super().generator_timesteps()
+
+    def setup(self) -> None:
+        super().setup()
+        self.fake.distribute(self.accelerator)  # after placement: psi's optimizer and DDP wrapper
+
+    def owned_modules(self) -> dict[str, torch.nn.Module]:
+        return {**super().owned_modules(), "ref": self.ref.unet, "fake_score": self.fake.net}
+
+    def trained_modules(self) -> dict[str, torch.nn.Module]:
+        return {**super().trained_modules(), "fake_score": self.fake.net}
+
+    def place(self, device) -> None:
+        super().place(device)
+        self._uncond.clear()  # cached features of the empty prompt live on the old device
 
     def divergence_push(self, y: torch.Tensor, w: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
         """DI*: -w a_t C d'(y) with C = huber_c sqrt(dim)."""
@@ -151,20 +144,50 @@ class DiffInstructStarTrainer(Trainer):
                 "diag/log10_grad_norm_div": float(torch.log10(n_d.clamp_min(1e-30))),
                 "diag/cos_reward_div": float((g_r @ g_d) / (n_r * n_d).clamp_min(1e-30))}
 
-    def train_step(self, g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        cfg, gc, di = self.cfg, self.cfg.generator, self.cfg.di
-        b = cfg.batch_size
-        # 1) Prompts and noise (and eta, for K-step DI++).
+    def sample(self, g: torch.Generator, grad: bool = True) -> tuple[list[str], object, object, torch.Tensor]:
+        """Steps 1-2: prompts, their features, the empty prompt's, and x0 = G(z, c) (B, C, h, w)."""
+        gc, b = self.cfg.generator, self.cfg.batch_size
         prompts = self.prompts(b, g)
         cond = self.backbone.encode_prompts(prompts)
         uncond = self.empty_cond(b)
-        device = next(self.model.parameters()).device
-        noise = torch.randn((b, *self.backbone.latent_shape), generator=g).to(device)
-        eta = self.generator.sample_eta(b, gc.eta_min, gc.eta_max, gc.eta_per_step, g)
-        # 2) The generator's sample, with gradient.
-        x0 = self.generator(noise, cond, eta, generator=g).x0
+        noise = torch.randn((b, *self.backbone.latent_shape), generator=g).to(self.device)
+        eta = self.generator.sample_eta(b, gc.eta_min, gc.eta_max, gc.eta_per_step, g)  # K-step DI++
+        if grad:  # through DDP's wrapper: the trained forward pass
+            return prompts, cond, uncond, self.model(noise, cond, eta, gen=g)
+        with torch.no_grad():
+            return prompts, cond, uncond, self.generator(noise, cond, eta, generator=g).x0
+
+    def begin_iteration(self) -> None:
+        """With grad_accum > 1: psi's K_fake updates on every micro-batch's x0 first.
+
+        What 2 ranks do with one micro-batch each (psi steps once on both ranks' samples, then
+        each rank judges its own): the micro-batches' x0 are drawn without gradient, psi steps
+        on all of them, and each micro-batch's train_step draws its x0 again (same stream, same
+        values; one extra generator forward per micro-batch) and continues its stream where
+        psi's draws left it.
+        """
+        self._fake_done = None
+        if self.cfg.grad_accum == 1:
+            return
+        batches = []
+        for micro in range(self.cfg.grad_accum):
+            g = self.step_generator(micro)
+            _, cond, uncond, x0 = self.sample(g, grad=False)
+            batches.append((x0, cond, uncond, g))
+        loss = self.fake.update(batches, self.cfg.di.fake_updates)
+        self._fake_done = (loss, [g.get_state() for *_, g in batches])
+
+    def train_step(self, g: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg, di = self.cfg, self.cfg.di
+        # 1-2) Prompts, noise (and eta, for K-step DI++); the generator's sample, with gradient.
+        prompts, cond, uncond, x0 = self.sample(g)
         # 3) psi tracks the current generator before it judges it.
-        metrics = {"fake/loss": self.fake.update(x0, cond, uncond, g, di.fake_updates)}
+        if self._fake_done is None:
+            fake_loss = self.fake.update([(x0, cond, uncond, g)], di.fake_updates)
+        else:  # updated by begin_iteration; continue this micro-batch's stream after psi's draws
+            fake_loss, states = self._fake_done
+            g.set_state(states[self.micro])
+        metrics = {"fake/loss": fake_loss}
         # 4) Score divergence to the teacher's CFG score.
         loss_div, m_div = self.divergence_loss(x0, cond, uncond, g)
         metrics.update(m_div)
@@ -177,10 +200,3 @@ class DiffInstructStarTrainer(Trainer):
         if di.diagnostics_every and (self.iteration + 1) % di.diagnostics_every == 0:
             metrics.update(self.gradient_diagnostics(loss_rew, loss_div))
         return loss_rew + loss_div, metrics
-
-    # Inference-side behaviour is R0's: the same generator object, grid, tracking and snapshot metadata.
-    sample_grid = R0Trainer.sample_grid
-    track = R0Trainer.track
-    _track_rewards = R0Trainer._track_rewards
-    _tracking_prompts = R0Trainer._tracking_prompts
-    snapshot_meta = R0Trainer.snapshot_meta

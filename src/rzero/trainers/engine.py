@@ -65,14 +65,27 @@ class NonFiniteError(ValueError):
 
 
 class Trainer:
-    """Base class; subclasses set `self.model` (the trainable module) before calling `setup()`."""
+    """Base class; subclasses build their networks on `self.device`, set `self.model` and call `setup()`.
+
+    `self.model` is the module the optimizer steps and the distributed wrapper (DDP) sees: a
+    train_step must run its trainable forward pass through it, once per micro-batch, or DDP's
+    gradient hooks stay unarmed and the ranks drift apart. Placement and precision belong to
+    the engine (trainers/placement.py): `setup()` moves everything `owned_modules()` names to
+    the accelerator's device and keeps `trained_modules()` in float32.
+    """
 
     model: torch.nn.Module
     sharded = False  # set by setup(): the model is FSDP-sharded over several processes
+    micro = 0  # index of the micro-batch being computed (set by the engine before each train_step)
 
     def __init__(self, cfg: TrainConfig, out_dir: str | Path):
+        from .placement import make_accelerator
+
         self.cfg = cfg
         self.out = Path(out_dir)
+        # First: the device is known before any network is built (trainers build on it).
+        self.accelerator = make_accelerator(cfg)
+        self.device = self.accelerator.device
         self.iteration = 0
         self.train_seconds = 0.0  # wall-clock spent in training iterations, carried across resumes
         self.skipped_steps = 0  # iterations whose update was skipped (non-finite loss/gradient)
@@ -96,6 +109,28 @@ class Trainer:
         """Optional: more objects with state_dict()/load_state_dict() that a full checkpoint must
         hold (e.g. DI*'s fake score network and its optimizer), by name."""
         return {}
+
+    def begin_iteration(self) -> None:
+        """Optional: work that must see every micro-batch of an iteration before the first
+        backward (DI*'s fake-score update); runs before the micro-batch loop."""
+
+    def owned_modules(self) -> dict[str, torch.nn.Module]:
+        """Every module this trainer holds tensors in, by name: what `place` moves. Subclasses
+        add theirs (frozen copies, rewards, classifiers); the EMA is placed separately."""
+        return {"model": self._unwrapped()}
+
+    def trained_modules(self) -> dict[str, torch.nn.Module]:
+        """The networks an optimizer steps: their trainable weights are float32 master weights."""
+        return {"model": self._unwrapped()}
+
+    def named_trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """The generator's trainable weights under the names checkpoints, snapshots and the EMA
+        use. Default: the model's own names; reward trainers name them after the denoiser."""
+        return [(n, p) for n, p in self._unwrapped().named_parameters() if p.requires_grad]
+
+    def fsdp_root(self) -> torch.nn.Module:
+        """The network `parallel: fsdp` shards in place (its blocks become FSDP units)."""
+        return self.model
 
     def track(self) -> dict[str, float]:
         """Optional: held-out metrics of the current weights, logged with a `track/` prefix."""
@@ -132,33 +167,41 @@ class Trainer:
 
     # ------------------------------------------------------------ plumbing
     def setup(self) -> None:
-        from accelerate import Accelerator
+        """Place, upcast, shard, build the optimizer and hand the model to the distributed wrapper."""
+        from .placement import upcast_trainable
 
-        cfg = self.cfg
-        self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
-                                       cpu=not torch.cuda.is_available())
-        self.sharded = cfg.parallel == "fsdp" and self.accelerator.num_processes > 1
+        cfg, acc = self.cfg, self.accelerator
+        self.place(self.device)  # before the optimizer and DDP see the weights
+        for module in self.trained_modules().values():
+            upcast_trainable(module)
+        self.sharded = cfg.parallel == "fsdp" and acc.num_processes > 1
         if self.sharded:  # in place, before the optimizer sees the (now sharded) parameters
             from .fsdp import shard_module
 
-            shard_module(self.model, cfg.mixed_precision)
-        params = [p for p in self.model.parameters() if p.requires_grad]
+            shard_module(self.fsdp_root(), cfg.mixed_precision)
+        params = [p for _, p in self.named_trainable()]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                                            weight_decay=cfg.optim.weight_decay)
-        if self.sharded:  # FSDP averages gradients itself; accelerate only wraps the optimizer
-            self.optimizer = self.accelerator.prepare(self.optimizer)
+        if self.sharded:  # FSDP averages gradients itself (reduce-scatter); accelerate only wraps the optimizer
+            self.optimizer = acc.prepare(self.optimizer)
         else:
-            self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
-        if self.accelerator.num_processes > 1 and not self.sharded:
-            # DDP's gradient hooks only fire when the forward pass goes through its wrapper, but
-            # trainers call the backbone's network directly (the generator unrolls it K times):
-            # measured, the ranks drifted apart (benchmarks/distributed_check.py). So the engine
-            # averages gradients itself (_all_reduce_gradients) and keeps the plain module; the
-            # DDP construction above has already broadcast rank 0's weights to every rank.
-            self.model = self.accelerator.unwrap_model(self.model)
+            # Under DDP `self.model` becomes the wrapper: its construction broadcasts rank 0's
+            # weights, and its gradient hooks average every rank's gradients during backward.
+            self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
         self.ema = None
         if cfg.ema_decay > 0:
-            self.ema = {n: p.detach().clone() for n, p in self._unwrapped().named_parameters() if p.requires_grad}
+            self.ema = {n: p.detach().clone() for n, p in self.named_trainable()}
+
+    def place(self, device: torch.device | str) -> None:
+        """Move every owned module (and the EMA) to `device`. `setup()` calls it with the
+        accelerator's device; afterwards only tests call it (DDP is bound to its device)."""
+        from .placement import move_module
+
+        device = torch.device(device)
+        for module in self.owned_modules().values():
+            move_module(module, device)
+        if getattr(self, "ema", None) is not None:
+            self.ema = {n: t.to(device) for n, t in self.ema.items()}
 
     def _unwrapped(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.model)
@@ -167,7 +210,7 @@ class Trainer:
         """Whole trainable weights by name (under FSDP a collective: call it on every rank)."""
         from .fsdp import full
 
-        return {n: full(p.detach()) for n, p in self._unwrapped().named_parameters() if p.requires_grad}
+        return {n: full(p.detach()) for n, p in self.named_trainable()}
 
     def _ema_state(self) -> dict[str, torch.Tensor] | None:
         from .fsdp import full
@@ -178,44 +221,12 @@ class Trainer:
     def _update_ema(self) -> None:
         if self.ema is None:
             return
-        for n, p in self._unwrapped().named_parameters():
-            if n in self.ema:
-                self.ema[n].lerp_(p.detach(), 1 - self.cfg.ema_decay)
+        for n, p in self.named_trainable():
+            self.ema[n].lerp_(p.detach(), 1 - self.cfg.ema_decay)
 
     def _rank_seed(self) -> int:
         a = self.accelerator
         return self.cfg.seed * a.num_processes + a.process_index
-
-    @torch.no_grad()
-    def _all_reduce_gradients(self, bucket_elements: int = 1 << 24) -> None:
-        """Average the trainable gradients over ranks (no-op on one process).
-
-        Missing gradients count as zeros so every rank reduces the same tensors in the same
-        order (a mismatch would hang); buckets bound the temporary memory.
-        """
-        n = self.accelerator.num_processes
-        if n == 1 or self.sharded:  # FSDP has reduce-scattered (averaged) them in backward
-            return
-        import torch.distributed as dist
-
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        bucket: list[torch.Tensor] = []
-        size = 0
-        for i, p in enumerate(params):
-            bucket.append(p.grad)
-            size += p.grad.numel()
-            if size >= bucket_elements or i == len(params) - 1:
-                flat = torch.cat([g.flatten() for g in bucket])
-                dist.all_reduce(flat)
-                flat /= n
-                offset = 0
-                for g in bucket:
-                    g.copy_(flat[offset:offset + g.numel()].view_as(g))
-                    offset += g.numel()
-                bucket, size = [], 0
 
     def _any_rank(self, flag: bool) -> bool:
         """True if `flag` is true on any process: every rank must take the same branch
@@ -355,15 +366,18 @@ class Trainer:
         metrics: dict[str, float] = {}
         finite, stepped = True, False
         if self.sharded:  # register the sharded parameters again (a forward leaves the root gathered)
-            self.model.reshard()
+            self.fsdp_root().reshard()
+        with acc.autocast():
+            self.begin_iteration()
         for micro in range(cfg.grad_accum):
             g = self.step_generator(micro)
+            self.micro = micro
             with acc.accumulate(self.model):
-                loss, m = self.train_step(g)
+                with acc.autocast():  # mixed_precision: bf16/fp16 compute on the fp32 master weights
+                    loss, m = self.train_step(g)
                 finite = finite and bool(torch.isfinite(loss.detach()).all()) and finite_values(m)  # NaN rewards too
                 acc.backward(loss)
                 if acc.sync_gradients:
-                    self._all_reduce_gradients()
                     # Returns the pre-clipping total norm; an infinite bound only measures it.
                     max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
                     m["grad_norm/params"] = self._clip_gradients(max_norm)
@@ -572,7 +586,7 @@ class Trainer:
         """Load every piece of a verified checkpoint (weights, EMA, optimizer, extra state)."""
         from .fsdp import shard_like
 
-        trainable = {n: p for n, p in self._unwrapped().named_parameters() if p.requires_grad}
+        trainable = dict(self.named_trainable())
         # Checked against whole-tensor shapes, then cut into this rank's shards (FSDP) or copied.
         whole = {n: torch.empty(p.shape, dtype=p.dtype) for n, p in trainable.items()} if self.sharded else trainable
         copy_weights_(whole, load_safetensors(path / "model.safetensors"), path / "model.safetensors")
@@ -585,7 +599,8 @@ class Trainer:
             copy_weights_(ema, load_safetensors(path / "ema.safetensors"), path / "ema.safetensors")
             # In the model's parameter order: a file's key order is not the same in every process,
             # and under FSDP each shard_like is a collective that all ranks must issue alike.
-            self.ema = {n: shard_like(ema[n], p) for n, p in trainable.items()}
+            # Read on the CPU, kept where the weights are.
+            self.ema = {n: shard_like(ema[n].to(p.device), p) for n, p in trainable.items()}
         try:
             if self.sharded:
                 from .fsdp import load_full_optimizer_state
@@ -598,7 +613,7 @@ class Trainer:
                 saved = torch_load_safe(path / "extra.pt")
                 for k, v in extra.items():
                     v.load_state_dict(saved[k])
-        except (KeyError, ValueError, RuntimeError) as e:
+        except (KeyError, ValueError, RuntimeError, TypeError, IndexError, AttributeError) as e:  # wrong structure
             if isinstance(e, AssetError):
                 raise
             raise AssetError(f"'{path}' does not fit this run's optimizer/state ({type(e).__name__}: "

@@ -8,7 +8,10 @@ denoising score matching on detached generator samples sg(x0):
 
 with caption dropout (c' = empty prompt with probability cond_drop) so that psi can also
 serve unconditional scores. It has its own optimizer and is updated inside the trainer's
-step, before the generator's divergence is computed (K_fake updates per generator update).
+step, before the generator's divergence is computed: K_fake updates per generator update,
+each on every micro-batch of that update (gradients accumulated over micro-batches, and
+averaged over ranks by DDP), so 2 processes equal 1 process that sees both ranks' samples.
+psi keeps float32 master weights whatever the backbone's dtype.
 
 Scores are expressed through x0-predictions, which keeps this parameterization-free:
     s(x_t) = (a_t x0_hat - x_t) / b_t^2      =>   s_psi - s_ref = a_t (x0_psi - x0_ref) / b_t^2
@@ -16,11 +19,13 @@ Scores are expressed through x0-predictions, which keeps this parameterization-f
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
 
 from ..diffusion import broadcast_to, output_from_x0_eps
+from .placement import upcast_trainable
 
 
 def backbone_with(backbone, net: torch.nn.Module):
@@ -59,20 +64,45 @@ def drop_captions(cond, uncond, keep: torch.Tensor):
     raise TypeError(f"cannot apply caption dropout to a condition of type {type(cond).__name__}")
 
 
+class DenoisingScoreMatching(torch.nn.Module):
+    """psi's training forward as a module, so the distributed wrapper sees it: its parameters
+    are psi's, forward(x0, cond, uncond, gen) -> the DSM loss of `FakeScore.denoising_loss`."""
+
+    def __init__(self, fake: "FakeScore"):
+        super().__init__()
+        self.net = fake.net
+        self.__dict__["fake"] = fake  # not a submodule (it is not one)
+
+    def forward(self, x0: torch.Tensor, cond, uncond, gen: torch.Generator) -> torch.Tensor:
+        return self.fake.denoising_loss(x0, cond, uncond, gen)
+
+
 class FakeScore:
     """psi: a trainable copy of the pretrained denoiser with its own AdamW; see the module docstring.
 
     `state_dict()` / `load_state_dict()` hold the network and its optimizer, so the engine's
-    `extra_state()` hook checkpoints and resumes both.
+    `extra_state()` hook checkpoints and resumes both. `distribute(accelerator)` builds the
+    optimizer where the network was placed and, on several processes, the DDP wrapper that
+    averages psi's gradients over ranks.
     """
 
     def __init__(self, backbone, lr: float, betas: tuple[float, float] = (0.9, 0.999), cond_drop: float = 0.1,
                  t_range: tuple[float, float] = (0.02, 0.98)):
         self.net = copy.deepcopy(backbone.unet).requires_grad_(True).train()
+        upcast_trainable(self.net)  # float32 master weights (a bf16 backbone stays bf16 elsewhere)
         self.view = backbone_with(backbone, self.net)
-        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=lr, betas=betas, weight_decay=0.0)
+        self.trained: torch.nn.Module = DenoisingScoreMatching(self)  # what updates call: DDP's wrapper after distribute
+        self.lr, self.betas = lr, betas
+        self.optimizer: torch.optim.Optimizer | None = None  # built after placement (see distribute)
         self.cond_drop = cond_drop
         self.t_range = t_range
+
+    def distribute(self, accelerator=None) -> "FakeScore":
+        """The optimizer over psi's (placed) weights; with several processes, the DDP wrapper."""
+        if accelerator is not None and accelerator.num_processes > 1:
+            self.trained = accelerator.prepare_model(DenoisingScoreMatching(self))
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=self.lr, betas=self.betas, weight_decay=0.0)
+        return self
 
     def denoising_loss(self, x0: torch.Tensor, cond, uncond, g: torch.Generator) -> torch.Tensor:
         """DSM loss of psi on clean samples x0 (B, C, h, w), detached inside; a scalar."""
@@ -87,28 +117,36 @@ class FakeScore:
         target = output_from_x0_eps(x0, eps, t, view.schedule, view.prediction_type)
         return (view.predict(x_t, t, drop_captions(cond, uncond, keep)) - target).pow(2).mean()
 
-    def update(self, x0: torch.Tensor, cond, uncond, g: torch.Generator, steps: int = 1) -> float:
-        """`steps` optimizer steps on sg(x0); returns the mean DSM loss (before each step)."""
-        total = 0.0
+    def update(self, batches: list[tuple], steps: int = 1) -> float:
+        """`steps` optimizer steps, each on the mean DSM loss over `batches`, the micro-batches
+        [(x0, cond, uncond, gen)] of one generator update (each gen continues its own stream).
+        Returns the mean loss (each taken before its step)."""
+        if self.optimizer is None:
+            self.distribute()
+        n, total = len(batches), 0.0
         for _ in range(steps):
-            loss = self.denoising_loss(x0, cond, uncond, g)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            for i, (x0, cond, uncond, gen) in enumerate(batches):
+                # DDP: average over ranks once per step, on the last micro-batch's backward.
+                sync = i == n - 1 or not hasattr(self.trained, "no_sync")
+                with contextlib.nullcontext() if sync else self.trained.no_sync():
+                    loss = self.trained(x0, cond, uncond, gen)
+                    (loss if n == 1 else loss / n).backward()
+                total += float(loss.detach())
             self.optimizer.step()
-            total += float(loss.detach())
         self.optimizer.zero_grad(set_to_none=True)
-        return total / steps
+        return total / (steps * n)
 
     def state_dict(self) -> dict:
+        if self.optimizer is None:
+            self.distribute()
         return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        if self.optimizer is None:
+            self.distribute()
         self.net.load_state_dict(state["net"])
         self.optimizer.load_state_dict(state["optimizer"])
-
-    def to(self, device) -> "FakeScore":
-        self.net.to(device)
-        return self
 
 
 def score_difference(x0_fake: torch.Tensor, x0_ref: torch.Tensor, a_t: torch.Tensor, b_t: torch.Tensor
