@@ -702,3 +702,14 @@ def test_absurd_sizes_on_the_command_line(tmp_path, argv, fragment):
     """Before: an abort (threads) or a run that never ends (10**8 images); in a child with a memory cap."""
     proc = cli_subprocess(*[str(tmp_path / a) if a == "x.png" else a for a in argv], timeout=120)
     one_line_error(proc.returncode, proc.stderr, fragment)
+
+
+@pytest.mark.parametrize("payload", [[1, 2], {"state": 5, "param_groups": "x"}, torch.zeros(3)])
+def test_resealed_optimizer_state_of_the_wrong_structure(capsys, previous_run, payload):
+    """Loadable with weights_only=True and sealed with its sha256, but not an optimizer state.
+    Before: TypeError / AttributeError tracebacks from inside the optimizer's load_state_dict."""
+    for name in ("step_000002", "step_000003"):
+        ckpt = previous_run / "checkpoints" / name
+        torch.save(payload, ckpt / "optimizer.pt")
+        _reseal(ckpt)
+    train_fails(capsys, previous_run, "iterations=5", *TOY, fragments=("unusable", "does not fit"))
