@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config.schema import CaptionerConfig
+from .data import encode_texts
 from .scene import BACKGROUNDS, COLOURS, SHAPES, SIZES, Scenes, complete_specs, sample_training_specs
 
 # Alt-text words for each shape: the plain name most of the time.
@@ -127,15 +128,7 @@ class CaptionPool:
         g = torch.Generator().manual_seed(seed)
         scenes = complete_specs(sample_training_specs(cfg.pool_size, g), g)
         captions = web_captions(scenes, cfg, g)
-        states, masks = [], []
-        for start in range(0, len(captions), 512):
-            s, m = encoder.encode(captions[start:start + 512])
-            states.append(s.half())
-            masks.append(m)
-            if progress is not None:
-                progress(min(start + 512, len(captions)), len(captions))
-        empty_s, empty_m = encoder.encode([""])
-        return CaptionPool(scenes, captions, torch.cat(states), torch.cat(masks), empty_s[0], empty_m[0])
+        return CaptionPool(scenes, captions, *encode_texts(encoder, captions, progress))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"slots": self.scenes.slots, "bg": self.scenes.bg, "states": self.states, "mask": self.mask,

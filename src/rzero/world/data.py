@@ -65,6 +65,19 @@ def perturb_specs(specs: Specs, g: torch.Generator) -> Specs:
     return Specs(obj, n, bg, specs.level.clone())
 
 
+def encode_texts(encoder: WorldTextEncoder, texts: list[str], progress=None):
+    """Token states of `texts` in chunks (fp16) and of the empty prompt: (states, mask, empty_states, empty_mask)."""
+    states, masks = [], []
+    for start in range(0, len(texts), 512):
+        s, m = encoder.encode(texts[start:start + 512])
+        states.append(s.half())
+        masks.append(m)
+        if progress is not None:
+            progress(min(start + 512, len(texts)), len(texts))
+    empty_s, empty_m = encoder.encode([""])
+    return torch.cat(states), torch.cat(masks), empty_s[0], empty_m[0]
+
+
 @dataclass
 class PromptPool:
     """Specs with their prompt texts and frozen token states (fp16 to halve memory).
@@ -89,15 +102,7 @@ class PromptPool:
         base = sample_training_specs(size, g)
         specs = Specs.cat([base, perturb_specs(base, g)])
         prompts = describe(specs, random_templates(len(specs), g))
-        states, masks = [], []
-        for start in range(0, len(prompts), 512):
-            s, m = encoder.encode(prompts[start:start + 512])
-            states.append(s.half())
-            masks.append(m)
-            if progress is not None:
-                progress(min(start + 512, len(prompts)), len(prompts))
-        empty_s, empty_m = encoder.encode([""])
-        return PromptPool(specs, prompts, torch.cat(states), torch.cat(masks), empty_s[0], empty_m[0])
+        return PromptPool(specs, prompts, *encode_texts(encoder, prompts, progress))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"obj": self.specs.obj, "n": self.specs.n, "bg": self.specs.bg, "level": self.specs.level,
