@@ -377,7 +377,7 @@ BAD_VALUES: dict[str, list[str]] = {
     "log_every": ["0"], "checkpoint_every": ["0"], "keep_checkpoints": ["0"], "sample_every": ["-5"],
     "track_every": ["-1"], "track_prompts": ["0"], "time_budget_s": ["-1", ".nan", ".inf"],
     "max_consecutive_skips": ["0"], "alarm_patience": ["-1"], "ema_decay": ["1", "-0.1", ".inf", "1.5"],
-    "method": ["nope", "R0", "1"], "backbone": ["nope", "world "], "mixed_precision": ["fp8"], "parallel": ["tp"],
+    "method": ["nope", "R0", "1"], "backbone": ["nope", "World"], "mixed_precision": ["fp8"], "parallel": ["tp"],
     "backbone_dtype": ["int8"],
     "generator.steps": ["0", "5000", "-4"],
     "generator.timesteps": ["[2000, 1500, 1000, 500]", "[999, 500, -1, -500]", "[1, 2, 3, 4]", "[999, 999, 1, 0]",
