@@ -701,7 +701,8 @@ def resume_case(rng: random.Random, cdir: Path, shared: Shared) -> Case:
 def report_case(rng: random.Random, cdir: Path, shared: Shared) -> Case:
     run_dir = copy_run(shared.base_run, cdir / "run")
     note, invalid, _ = mutate_run(run_dir, shared, rng, "report")
-    if rng.random() < 0.5 and (run_dir / "final").is_dir() and not (run_dir / "final").is_symlink():
+    if rng.random() < 0.5 and (run_dir / "final").is_dir() and not (run_dir / "final").is_symlink() \
+            and "final" not in note:  # removing final/ would remove the mutation itself
         shutil.rmtree(run_dir / "final")  # a live run: the report shows its newest grid (no sampling)
         note += "; live run (no final/)"
     if rng.random() < 0.3:  # also JSON files the report reads, with wrong types

@@ -713,3 +713,9 @@ def test_resealed_optimizer_state_of_the_wrong_structure(capsys, previous_run, p
         torch.save(payload, ckpt / "optimizer.pt")
         _reseal(ckpt)
     train_fails(capsys, previous_run, "iterations=5", *TOY, fragments=("unusable", "does not fit"))
+
+
+def test_unknown_backbone_with_a_path_in_dry_run(capsys):
+    """Before: with backbone_path and prompt_file set, any backbone name passed --dry-run (found by the fuzzer)."""
+    code, _, err = run(capsys, "train", "--dry-run", "backbone=sd4", "backbone_path=/m", "prompt_file=/p.txt")
+    one_line_error(code, err, "backbone must be", "'sd4'")

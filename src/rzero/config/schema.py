@@ -500,6 +500,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.method not in ("r0", "distar", "dipp"):
             raise ValueError(f"method must be 'r0', 'distar' or 'dipp', got '{self.method}'")
+        if self.backbone not in ("world", "sd15", "sd3"):  # backbones.BACKBONES (not imported: torch)
+            raise ValueError(f"backbone must be 'world', 'sd15' or 'sd3', got '{self.backbone}'")
         if self.method == "distar" and self.generator.steps != 1:
             raise ValueError(f"method 'distar' is one-step: set generator.steps=1 (got {self.generator.steps}); "
                              "its timestep is di.t_init")
