@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .clip_common import ScaleReward, build_clip, load_state_dict_file, load_strict, resolve_file
+from .clip_common import ScaleReward, build_clip, full_precision, load_state_dict_file, load_strict, resolve_file
 
 AESTHETIC_HEAD_FILES = ("aesthetic-model.pth", "sac+logos+ava1-l14-linearMSE.pth")
 AESTHETIC_HEAD_HUB_ID = "trl-lib/ddpo-aesthetic-predictor"
@@ -48,6 +48,7 @@ class AestheticReward(ScaleReward):
 
     name = "aesthetic"
     uses_prompt = False
+    fp32_modules = ("head",)  # the official script runs the MLP in float32
 
     def __init__(self, head: str | None = None, model: str = AESTHETIC_CLIP, backend: str = "transformers",
                  path: str | None = None, tokenizer: str | None = None, device=None, dtype="float32",
@@ -63,6 +64,8 @@ class AestheticReward(ScaleReward):
         self.place(device, dtype)
 
     def score(self, images, prompts):
-        e = self.clip.encode_image(images).float()
-        e = e / e.norm(dim=-1, keepdim=True)  # the head was trained on unit-norm embeddings
-        return self.head(e.to(self.dtype)).float()
+        e = self.clip.encode_image(images)
+        with full_precision(self.device):
+            e = e.float()
+            e = e / e.norm(dim=-1, keepdim=True)  # the head was trained on unit-norm embeddings
+            return self.head(e)

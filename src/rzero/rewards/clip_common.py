@@ -1,8 +1,16 @@
 """Shared plumbing of the real-scale rewards: CLIP-style preprocessing, weight lookup, encoders.
 
-Preprocessing (differentiable version of CLIP's PIL pipeline):
-    [-1, 1] -> resize the short side to `size` (bicubic, antialiased when shrinking)
-            -> center crop size x size -> [0, 1] -> (x - mean) / std
+Preprocessing (differentiable versions of the official PIL pipelines, `clip_preprocess`):
+    "crop" (CLIP, ImageReward, PickScore, aesthetic: torchvision `Resize(size)` + `CenterCrop`):
+        [-1, 1] -> short side to `size`, long side int(size * long / short), bicubic
+                -> center crop size x size (offset round(d / 2), or d // 2 for transformers 4.x
+                   processors) -> [0, 1] -> (x - mean) / std
+    "pad" (HPS v2: open_clip's `ResizeMaxSize`, the `preprocess_val` of hpsv2/img_score.py):
+        [-1, 1] -> long side to `size`, short side round(size * short / long), bicubic
+                -> pad with black to size x size (left/top get the smaller half) -> normalize
+The bicubic resize is always antialiased: torch's antialiased bicubic is PIL's filter (a = -0.5,
+support scaled when shrinking), both when shrinking and when enlarging; torch's plain bicubic
+(a = -0.75) is a different kernel, 1e-4 off in cosine for images smaller than 224 px.
 
 Weight lookup (one rule for every reward, SPEC 4 "every weight from a local path or a hub id"):
     spec given:  an existing file is used as is; an existing folder must hold the expected
@@ -20,6 +28,7 @@ interface: `encode_image(pixels) -> (B, D)`, `encode_text(prompts) -> (B, D)` (u
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -27,7 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..utils.io import AssetError, load_safetensors, torch_load_safe
+from ..utils.io import AssetError, load_checked, load_safetensors, torch_load_safe
 from .base import Reward
 
 WEIGHTS_ENV = "RZERO_WEIGHTS_DIR"
@@ -35,20 +44,53 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def clip_preprocess(images: torch.Tensor, size: int, mean, std) -> torch.Tensor:
-    """(B, 3, H, W) in [-1, 1] -> (B, 3, size, size) normalized, differentiable."""
+RESIZE_MODES = ("crop", "pad")
+CROP_OFFSETS = ("round", "floor")
+
+
+def clip_preprocess(images: torch.Tensor, size: int, mean, std, resize: str = "crop",
+                    crop_offset: str = "round") -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] -> (B, 3, size, size) normalized, differentiable (module docstring).
+
+    resize: "crop" (short side to `size`, center crop) or "pad" (long side to `size`, black
+    padding, HPS). crop_offset: "round" (torchvision's CenterCrop: int(round(d / 2))) or
+    "floor" (transformers 4.x image processors: d // 2); they differ when d is odd.
+    """
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got '{resize}'")
+    if crop_offset not in CROP_OFFSETS:
+        raise ValueError(f"crop_offset must be one of {CROP_OFFSETS}, got '{crop_offset}'")
     h, w = images.shape[-2:]
-    scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+    if resize == "crop":
+        # torchvision's _compute_resized_output_size: the long side is truncated, not rounded.
+        new_h, new_w = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
+    else:
+        scale = size / max(h, w)  # ResizeMaxSize rounds with Python's round (half to even)
+        new_h, new_w = round(h * scale), round(w * scale)
     if (new_h, new_w) != (h, w):
-        # Antialiasing only matters when shrinking; bicubic like CLIP's PIL resize.
-        images = F.interpolate(images, size=(new_h, new_w), mode="bicubic", align_corners=False,
-                               antialias=scale < 1)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    images = images[..., top:top + size, left:left + size]
+        images = F.interpolate(images, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)
+    if resize == "crop":
+        offset = (lambda d: int(round(d / 2.0))) if crop_offset == "round" else (lambda d: d // 2)
+        top, left = offset(new_h - size), offset(new_w - size)
+        images = images[..., top:top + size, left:left + size]
+    elif (new_h, new_w) != (size, size):
+        # Black (-1 here, 0 in PIL) on both sides; the official transform skips this when the long
+        # side is already `size` and then fails on a non-square image: here it is padded too.
+        pad_h, pad_w = size - new_h, size - new_w
+        images = F.pad(images, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=-1.0)
     mean = torch.as_tensor(mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
     std = torch.as_tensor(std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
     return ((images + 1) / 2 - mean) / std
+
+
+def full_precision(device: torch.device | str):
+    """Autocast switched off for `device`: the score arithmetic after the encoders (logit scale,
+    cosine, heads, normalization) runs in float32 whatever autocast a caller (a bf16 trainer)
+    has turned on, as in the official code, which computes it in float32."""
+    kind = torch.device(device).type
+    if kind not in ("cpu", "cuda", "xpu", "mps", "hpu"):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=kind, enabled=False)
 
 
 def default_device(device: str | torch.device | None) -> torch.device:
@@ -158,18 +200,11 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
 
 
-def load_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], path, ignore=()) -> None:
-    """load_state_dict(strict) with a one-line AssetError listing the first mismatching keys."""
-    sd = {k: v for k, v in sd.items() if not any(k.startswith(i) for i in ignore)}
-    own = module.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    shape = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
-    if missing or unexpected or shape:
-        parts = [f"{n} {', '.join(ks[:3])}{' ...' if len(ks) > 3 else ''}"
-                 for n, ks in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shape)) if ks]
-        raise AssetError(f"'{path}' does not match the expected architecture ({'; '.join(parts)})")
-    module.load_state_dict(sd, strict=True)
+def load_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], path, ignore=()) -> list[str]:
+    """Load a released checkpoint: missing keys or wrong shapes are a one-line AssetError; keys
+    the module does not have are skipped and reported in one logged line (the official loaders
+    use strict=False). Returns the skipped keys. (`rzero.utils.io.load_checked`.)"""
+    return load_checked(module, sd, path, ignore)
 
 
 # ----------------------------------------------------------------------- encoders
@@ -187,6 +222,7 @@ class OpenClipEncoder(torch.nn.Module):
             raise ValueError(f"unknown open_clip architecture '{arch}' ({e})") from e
         if weights is not None:
             load_strict(self.model, load_state_dict_file(weights), weights)
+        self.logit_scale_fp32 = float(self.model.logit_scale.detach().float().exp())  # before any bf16 cast
         self.tokenizer = open_clip.get_tokenizer(arch)
         cfg = open_clip.get_model_config(arch) or {}
         self.image_size = int(cfg.get("vision_cfg", {}).get("image_size", 224))
@@ -196,7 +232,9 @@ class OpenClipEncoder(torch.nn.Module):
 
     @property
     def logit_scale(self) -> torch.Tensor:
-        return self.model.logit_scale.exp()
+        """exp(learned scale) in float32, read when the weights were loaded: in bf16 the stored
+        scale itself rounds (ln 100 -> 4.59375, exp -> 98.9), 1 % off every PickScore."""
+        return torch.tensor(self.logit_scale_fp32, dtype=torch.float32)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels)
@@ -215,6 +253,7 @@ class HFClipEncoder(torch.nn.Module):
         tf = lazy_import("transformers", "a transformers CLIP reward")
         model = resolve_folder(reward, model, asset_dir)
         self.model = from_pretrained(reward, tf.CLIPModel, model, "CLIP model", option)
+        self.logit_scale_fp32 = float(self.model.logit_scale.detach().float().exp())  # before any bf16 cast
         tok_src = resolve_folder(reward, tokenizer or model, asset_dir)
         self.tokenizer = from_pretrained(reward, tf.AutoTokenizer, tok_src, "tokenizer", tokenizer_option)
         self.max_length = min(int(getattr(self.tokenizer, "model_max_length", 77) or 77),
@@ -229,7 +268,9 @@ class HFClipEncoder(torch.nn.Module):
 
     @property
     def logit_scale(self) -> torch.Tensor:
-        return self.model.logit_scale.exp()
+        """exp(learned scale) in float32, read when the weights were loaded: in bf16 the stored
+        scale itself rounds (ln 100 -> 4.59375, exp -> 98.9), 1 % off every PickScore."""
+        return torch.tensor(self.logit_scale_fp32, dtype=torch.float32)
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         out = self.model.get_image_features(pixel_values=pixels)
@@ -263,21 +304,28 @@ def build_clip(reward: str, backend: str, model: str, path: str | None, tokenize
 
 
 class ScaleReward(Reward):
-    """A real-scale reward: CLIP-style preprocessing, own device and dtype, float32 output.
+    """A real-scale reward: the official preprocessing, own device and dtype, float32 output.
 
-    Subclasses set `self.resolution`, `self.mean`, `self.std` and call `self.place(device, dtype)`
-    at the end of their constructor. Inputs may live on any device; the score comes back
-    as float32 on the input's device, differentiable with respect to the input.
+    Subclasses set `self.resolution`, `self.mean`, `self.std` (and `resize`, `crop_offset`,
+    `fp32_modules` as class attributes) and call `self.place(device, dtype)` at the end of their
+    constructor. Inputs may live on any device; the score comes back as float32 on the input's
+    device, differentiable with respect to the input. Modules named in `fp32_modules` (score
+    heads) stay float32 in a bf16 reward, as in the official code.
     """
 
     mean = OPENAI_MEAN
     std = OPENAI_STD
     resolution = 224
+    resize = "crop"  # see clip_preprocess
+    crop_offset = "round"
+    fp32_modules: tuple[str, ...] = ()
 
     def place(self, device, dtype) -> None:
         self.device = default_device(device)
         self.dtype = as_dtype(dtype)
         self.to(device=self.device, dtype=self.dtype)
+        for name in self.fp32_modules:
+            getattr(self, name).float()
         self.freeze()
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -285,7 +333,9 @@ class ScaleReward(Reward):
             raise ValueError(f"{self.name}: images must be (B, 3, H, W), got {tuple(images.shape)}")
         # Clamp first (see Reward.prepare); resize in float32, then the reward's own dtype.
         x = images.clamp(*self.input_range).to(device=self.device, dtype=torch.float32)
-        return clip_preprocess(x, self.resolution, self.mean, self.std).to(self.dtype)
+        with full_precision(self.device):
+            x = clip_preprocess(x, self.resolution, self.mean, self.std, self.resize, self.crop_offset)
+        return x.to(self.dtype)
 
     def forward(self, images: torch.Tensor, prompts: list[str] | None = None) -> torch.Tensor:
         return super().forward(images, prompts).to(device=images.device, dtype=torch.float32)

@@ -14,7 +14,7 @@ all (cos > 0) the two agree.
 
 from __future__ import annotations
 
-from .clip_common import ScaleReward, build_clip, cosine
+from .clip_common import ScaleReward, build_clip, cosine, full_precision
 
 CLIP_SCORE_MODEL = "openai/clip-vit-large-patch14"
 
@@ -37,4 +37,6 @@ class ClipScoreReward(ScaleReward):
         self.place(device, dtype)
 
     def score(self, images, prompts):
-        return 100.0 * cosine(self.clip.encode_image(images), self.clip.encode_text(prompts))
+        img, txt = self.clip.encode_image(images), self.clip.encode_text(prompts)
+        with full_precision(self.device):
+            return 100.0 * cosine(img, txt)

@@ -9,6 +9,10 @@ and SPEC 4, report it x100 (R0's table: 30-35). We return that x100 value, so tr
 and `rzero eval` print numbers comparable to the papers. (The logit scale of the checkpoint
 is not used; with per-reward gradient normalization the scale does not matter for training.)
 
+Preprocessing is the official `preprocess_val` (hpsv2/img_score.py builds it with open_clip's
+`ResizeMaxSize`): the long side goes to 224 and the short side is padded with black, not
+center-cropped. On a 512x768 image a center crop moves the cosine by ~0.08 (8 HPS points).
+
 Weights: `HPS_v2_compressed.pt` / `HPS_v2.1_compressed.pt` from the hub repo `xswu/HPSv2`,
 torch pickles holding {'state_dict': open_clip ViT-H-14 state dict}; loaded with
 weights_only=True. A safetensors conversion of that state dict is accepted as well.
@@ -16,7 +20,7 @@ weights_only=True. A safetensors conversion of that state dict is accepted as we
 
 from __future__ import annotations
 
-from .clip_common import OpenClipEncoder, ScaleReward, cosine, resolve_file
+from .clip_common import OpenClipEncoder, ScaleReward, cosine, full_precision, resolve_file
 
 HPS_HUB_ID = "xswu/HPSv2"
 
@@ -30,6 +34,7 @@ class HPSReward(ScaleReward):
 
     name = "hps-v2"
     filename = "HPS_v2_compressed.pt"
+    resize = "pad"  # the official ResizeMaxSize (module docstring)
 
     def __init__(self, path: str | None = None, arch: str = "ViT-H-14", device=None, dtype="float32",
                  asset_dir=None):
@@ -41,7 +46,9 @@ class HPSReward(ScaleReward):
         self.place(device, dtype)
 
     def score(self, images, prompts):
-        return 100.0 * cosine(self.clip.encode_image(images), self.clip.encode_text(prompts))
+        img, txt = self.clip.encode_image(images), self.clip.encode_text(prompts)
+        with full_precision(self.device):
+            return 100.0 * cosine(img, txt)
 
 
 class HPSv21Reward(HPSReward):

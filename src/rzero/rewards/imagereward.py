@@ -37,8 +37,8 @@ import torch
 
 from .aesthetic import AestheticHead
 from ..utils.io import AssetError
-from .clip_common import (ScaleReward, from_pretrained, lazy_import, load_state_dict_file, load_strict, resolve_file,
-                          resolve_folder)
+from .clip_common import (ScaleReward, from_pretrained, full_precision, lazy_import, load_state_dict_file, load_strict,
+                          resolve_file, resolve_folder)
 
 IMAGEREWARD_HUB_ID = "THUDM/ImageReward"
 IMAGEREWARD_FILES = ("ImageReward.pt", "ImageReward.safetensors")
@@ -71,8 +71,8 @@ def map_original_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Original ImageReward.pt state dict -> this module's names (see the module docstring).
 
     Keys of BLIP's pre-training heads and the position_ids buffer are dropped; a key under
-    the visual encoder that no rule knows is kept under an `unmapped.` name, so that the strict
-    load reports it instead of silently ignoring it.
+    the visual encoder that no rule knows is kept under an `unmapped.` name, so that the load
+    reports it in its one line of skipped keys instead of ignoring it silently.
     """
     out = {}
     for key, value in sd.items():
@@ -107,6 +107,7 @@ class ImageRewardReward(ScaleReward):
 
     name = "imagereward"
     max_length = 35  # the original's padding length
+    fp32_modules = ("head",)  # the original runs the MLP on `.float()` features
 
     def __init__(self, path: str | None = None, tokenizer: str = IMAGEREWARD_TOKENIZER, device=None,
                  dtype="float32", asset_dir=None, vision_config: dict | None = None,
@@ -143,5 +144,6 @@ class ImageRewardReward(ScaleReward):
         image_mask = torch.ones(image_tokens.shape[:-1], dtype=torch.long, device=images.device)
         text = self.text(input_ids=tok.input_ids, attention_mask=tok.attention_mask,
                          encoder_hidden_states=image_tokens, encoder_attention_mask=image_mask)
-        raw = self.head(text.last_hidden_state[:, 0].float().to(self.dtype)).float()  # (B,)
-        return (raw - IMAGEREWARD_MEAN) / IMAGEREWARD_STD
+        with full_precision(self.device):
+            raw = self.head(text.last_hidden_state[:, 0].float())  # (B,)
+            return (raw - IMAGEREWARD_MEAN) / IMAGEREWARD_STD

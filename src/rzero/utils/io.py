@@ -22,6 +22,7 @@ __all__ = [
     "check_run_tree",
     "atomic_write_bytes",
     "fsync_dir",
+    "load_checked",
     "load_safetensors",
     "remove_tree",
     "run_file",
@@ -298,3 +299,36 @@ def copy_weights_(targets: dict[str, Any], weights: dict[str, Any], source: str 
     with torch.no_grad():
         for name, value in weights.items():
             targets[name].copy_(value)
+
+
+def load_checked(module: torch.nn.Module, state: dict[str, Any], source: str | Path,
+                 ignore: tuple[str, ...] = ()) -> list[str]:
+    """Load a released checkpoint's state dict into ``module``, as tolerant as the official loaders.
+
+    Released reward and FID checkpoints carry keys the scoring network does not use (BLIP's
+    pre-training heads, an Inception's aux head, buffers of newer library versions); the
+    official code loads with ``strict=False``. Here unexpected keys are skipped and reported in
+    one logged line, while a missing key or a wrong shape is still a one-line AssetError (a file
+    of another architecture must not load half-way). Keys starting with a prefix in ``ignore``
+    are dropped silently. Returns the skipped (unexpected) keys.
+    """
+    import logging
+
+    state = {k: v for k, v in state.items() if not any(k.startswith(i) for i in ignore)}
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shape = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+
+    def few(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (f" ... ({len(keys)} in all)" if len(keys) > 3 else "")
+
+    if missing or shape:
+        parts = [f"{n} {few(ks)}" for n, ks in (("missing", missing), ("unexpected", unexpected),
+                                                 ("wrong shape", shape)) if ks]
+        raise AssetError(f"'{source}' does not match the expected architecture ({'; '.join(parts)})")
+    if unexpected:
+        logging.getLogger("rzero").warning("'%s': skipped %d key(s) the model does not use: %s",
+                                           source, len(unexpected), few(unexpected))
+    module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
+    return unexpected
