@@ -16,7 +16,8 @@ from rzero.cli.main import main
 from rzero.config import load_config
 from rzero.config.schema import EvalConfig
 from rzero.eval import scale_eval
-from rzero.eval.inception import FIDInception3, clean_resize, inception_features, load_fid_inception, to_uint8
+from rzero.eval.inception import (FIDInception3, clean_resize, fid_input, inception_features, load_fid_inception,
+                                  to_uint8)
 from rzero.eval.metrics import frechet_distance
 from rzero.rewards import REWARDS
 from rzero.utils.io import AssetError
@@ -147,11 +148,13 @@ def test_clean_resize_is_pil_bicubic_in_float():
 
     imgs = np.random.default_rng(0).integers(0, 256, (2, 64, 48, 3), dtype=np.uint8)
     out = clean_resize(imgs)
-    assert out.shape == (2, 3, 299, 299) and out.min() >= -1 and out.max() <= 1
+    assert out.shape == (2, 3, 299, 299) and out.min() >= 0 and out.max() <= 255
     ref = np.array(Image.fromarray(imgs[1, :, :, 2].astype(np.float32)).resize((299, 299), Image.BICUBIC))
-    torch.testing.assert_close(out[1, 2], torch.from_numpy(ref).clamp(0, 255) / 127.5 - 1)
+    torch.testing.assert_close(out[1, 2], torch.from_numpy(ref).clamp(0, 255))
     flat = clean_resize(np.full((1, 10, 10, 3), 200, np.uint8))
-    torch.testing.assert_close(flat, torch.full_like(flat, 200 / 127.5 - 1))
+    torch.testing.assert_close(flat, torch.full_like(flat, 200.0))
+    # clean-fid's input scaling (x - 128) / 128, not pytorch-fid's x / 127.5 - 1 (tests/test_fid_sampler_fidelity.py).
+    torch.testing.assert_close(fid_input(flat), torch.full_like(flat, 72 / 128))
     assert to_uint8(torch.tensor([-1.0, 0.0, 1.0, 3.0]).view(1, 1, 1, 4).expand(1, 3, 1, 4)).tolist()[0][0] == \
         [[0, 0, 0], [128, 128, 128], [255, 255, 255], [255, 255, 255]]
 

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Protocol, runtime_checkable
 
 import torch
 
-from ..diffusion import Schedule, cfg_combine, ddim_sample, x0_from_output
+from ..diffusion import Schedule, broadcast_to, cfg_combine, ddim_sample, ddim_step, draw_noise, x0_from_output
 
 Cond = Any  # backbone-specific bundle of prompt features, produced by encode_prompts
 
@@ -37,11 +37,20 @@ class Backbone(Protocol):
 
 
 class BackboneBase(torch.nn.Module):
-    """Shared behaviour: x0 from the raw output, CFG and DDIM sampling on top of `predict`."""
+    """Shared behaviour: x0 from the raw output, CFG and DDIM sampling on top of `predict`.
+
+    `final_step` and `clip_x0` are the teacher sampler's two scheduler options, which SD
+    backbones read from their scheduler config (diffusers' DDIMScheduler semantics):
+    final_step "x0" (set_alpha_to_one=True) or "alpha0" (False: the last step lands on abar_0,
+    as SD1.5's config says); clip_x0 = clip_sample_range when clip_sample is on (DDIM's default
+    when the key is absent), else None.
+    """
 
     prediction_type = "epsilon"
     schedule: Schedule
     latent_shape: tuple[int, int, int]
+    final_step: str = "x0"
+    clip_x0: float | None = None
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         return x0_from_output(self.predict(x_t, t, cond), x_t, t, self.schedule, self.prediction_type)
@@ -67,6 +76,28 @@ class BackboneBase(torch.nn.Module):
         cond = self.encode_prompts(prompts)
         uncond = self.empty_cond(len(prompts))
         x0_fn = lambda x, t: self.guided_x0(x, t, cond, uncond, cfg)  # noqa: E731
-        latents = ddim_sample(x0_fn, noise, self.schedule.sampling_timesteps(steps), self.schedule, eta=eta,
-                              generator=generator)
+        timesteps = self.schedule.sampling_timesteps(steps)
+        if self.clip_x0 is None:
+            latents = ddim_sample(x0_fn, noise, timesteps, self.schedule, eta=eta, generator=generator,
+                                  final=self.final_step)
+        else:
+            latents = self._ddim_clipped(x0_fn, noise, timesteps, eta, generator)
         return self.decode(latents).clamp(-1, 1)
+
+    def _ddim_clipped(self, x0_fn, noise: torch.Tensor, timesteps: torch.Tensor, eta: float, generator):
+        """DDIM with diffusers' clip_sample: the step uses the clipped x0 but the noise direction of
+        the unclipped one (DDIMScheduler.step without use_clipped_model_output). ddim_step derives the
+        direction from the x0 it is given, so it gets the raw x0 and the clip enters as a_s (x0c - x0)."""
+        if eta > 0.0 and generator is None:
+            raise ValueError("sampling with eta > 0 needs an explicit torch.Generator")
+        timesteps, x = timesteps.to(noise.device), noise
+        for i in range(len(timesteps)):
+            t = timesteps[i].expand(len(x))
+            x0 = x0_fn(x, t)
+            t_next = timesteps[i + 1].expand(len(x)) if i + 1 < len(timesteps) else None
+            a_next = (self.schedule.alpha(t_next) if t_next is not None
+                      else torch.tensor(self.schedule.final_alpha(self.final_step)))
+            z = draw_noise(x, generator) if eta > 0.0 else None
+            x = ddim_step(x, x0, t, t_next, self.schedule, eta=eta, noise=z, final=self.final_step)
+            x = x + broadcast_to(a_next, x) * (x0.clamp(-self.clip_x0, self.clip_x0) - x0)
+        return x

@@ -136,6 +136,17 @@ def vp_schedule_from_config(config: dict) -> tuple[VPSchedule, str]:
     return schedule, pred
 
 
+def sampler_options_from_config(config: dict) -> tuple[str, float | None]:
+    """(final_step, clip_x0) of the teacher's DDIM sampler, read like diffusers' DDIMScheduler reads
+    the config: set_alpha_to_one (default True) -> "x0" / "alpha0"; clip_sample (default True) ->
+    clip_sample_range (default 1.0) or None. SD1.5 and SD2.x configs say False to both."""
+    if config.get("thresholding", False):
+        raise ValueError("scheduler configs with thresholding (dynamic thresholding) are not supported")
+    final = "x0" if config.get("set_alpha_to_one", True) else "alpha0"
+    clip = float(config.get("clip_sample_range", 1.0)) if config.get("clip_sample", True) else None
+    return final, clip
+
+
 def _size(sample_size) -> tuple[int, int]:
     return (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
 
@@ -182,6 +193,7 @@ class SD15Backbone(BackboneBase):
                           "unet": load_part(UNet2DConditionModel, self.path, "unet", self.dtype_)}
         self.scheduler_config = dict(components["scheduler_config"])
         self.schedule, self.prediction_type = vp_schedule_from_config(self.scheduler_config)
+        self.final_step, self.clip_x0 = sampler_options_from_config(self.scheduler_config)
         self.tokenizer = components["tokenizer"]
         self.unet = place(components["unet"], self.device_, self.dtype_)
         self.vae = place(components["vae"], self.device_, self.dtype_)

@@ -13,11 +13,15 @@ pools differently in four places, and those are what `FIDInception3` changes:
 Input: (B, 3, 299, 299) in [-1, 1] (the TF graph's own scaling; no ImageNet normalization).
 Output: (B, 2048), the global average pool after Mixed_7c.
 
-Resize (`clean_resize`), after clean-fid (Parmar et al. 2022): images are first quantized to
-uint8 as if saved to PNG, then each channel is resized to 299 x 299 as a float image with PIL's
-bicubic filter (PIL antialiases when shrinking, unlike `F.interpolate` without antialias, whose
-aliasing shifts FID), clipped to [0, 255] and mapped to [-1, 1]. No crop: the aspect ratio of the
-input is not preserved, exactly like clean-fid's resize of its inputs.
+FID mode "clean" (the only one; `FID_MODE`), equal to clean-fid's `mode="clean"` (Parmar et al.
+2022; cleanfid/resize.py `build_resizer("clean")` and cleanfid/inception_torchscript.py):
+images are first quantized to uint8 as if saved to PNG, then each channel is resized to
+299 x 299 as a float image with PIL's bicubic filter (PIL antialiases when shrinking, unlike
+`F.interpolate` without antialias, whose aliasing shifts FID; `clean_resize`), and the [0, 255]
+result goes into the network as (x - 128) / 128, the TF graph's own input scaling that
+clean-fid applies. (pytorch-fid scales by 2 x / 255 - 1 instead: mixing its scaling with
+clean-fid's resize, as rzero did before, matches neither tool; 1.4e-5 relative in features.)
+No crop: the aspect ratio of the input is not preserved, exactly like clean-fid.
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ import torch
 import torch.nn.functional as F
 from torchvision.models import inception as tv
 
-from ..utils.io import AssetError, load_safetensors, torch_load_safe
+from ..utils.io import AssetError, load_checked, load_safetensors, torch_load_safe
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FID_SIZE = 299
+FID_MODE = "clean"  # clean-fid's mode name; results files can quote it
 
 
 def _how() -> str:
@@ -129,18 +134,16 @@ def load_fid_inception(path: str | Path | None, device=None) -> FIDInception3:
     if not isinstance(state, dict):
         raise AssetError(f"'{p}' is not a state dict; {_how()}")
     model = FIDInception3()
+    # The released file predates BatchNorm's num_batches_tracked counters; other extra keys (the
+    # aux head, anything a converter added) are skipped and reported in one line; a missing key or
+    # a wrong shape means another network.
     own = model.state_dict()
-    # The released file predates BatchNorm's num_batches_tracked counters; nothing else may differ.
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    extra = [k for k in state if k not in own and not k.startswith("AuxLogits.")]
-    if missing or extra:
-        raise AssetError(f"'{p}' is not the FID Inception state dict (missing {missing[:3]}, unexpected {extra[:3]}); "
-                         f"{_how()}")
-    bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if bad:
-        raise AssetError(f"'{p}': tensor '{bad[0]}' has shape {tuple(state[bad[0]].shape)}, expected "
-                         f"{tuple(own[bad[0]].shape)}; {_how()}")
-    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    state = {**{k: v for k, v in own.items() if k.endswith("num_batches_tracked")}, **state}
+    try:
+        load_checked(model, state, p, ignore=("AuxLogits.",))
+    except AssetError as e:
+        raise AssetError(f"'{p}' is not the FID Inception state dict ({str(e).split(' (', 1)[-1].rstrip(')')}); "
+                         f"{_how()}") from e
     return model.to(device or "cpu").eval().requires_grad_(False)
 
 
@@ -151,7 +154,8 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def clean_resize(images: np.ndarray, size: int = FID_SIZE) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, size, size) float in [-1, 1]: per-channel float PIL bicubic."""
+    """(B, H, W, 3) uint8 -> (B, 3, size, size) float in [0, 255]: per-channel float PIL bicubic,
+    clipped to [0, 255] (clean-fid's make_resizer("PIL", quantize_after=False, "bicubic"))."""
     from PIL import Image
 
     out = np.empty((len(images), 3, size, size), dtype=np.float32)
@@ -160,13 +164,21 @@ def clean_resize(images: np.ndarray, size: int = FID_SIZE) -> torch.Tensor:
             # float32 2-D arrays become PIL mode "F": no rounding to uint8 between resize and network.
             ch = Image.fromarray(np.ascontiguousarray(img[:, :, c], dtype=np.float32))
             out[i, c] = np.asarray(ch.resize((size, size), resample=Image.BICUBIC))
-    return torch.from_numpy(out).clamp_(0, 255).div_(127.5).sub_(1.0)
+    return torch.from_numpy(out).clamp_(0, 255)
+
+
+def fid_input(resized: torch.Tensor, mode: str = FID_MODE) -> torch.Tensor:
+    """clean_resize's [0, 255] output -> the network's input: (x - 128) / 128 in clean mode."""
+    if mode != FID_MODE:
+        raise ValueError(f"FID mode must be '{FID_MODE}' (clean-fid's clean mode), got '{mode}'")
+    return (resized - 128.0) / 128.0
 
 
 @torch.no_grad()
-def inception_features(model: FIDInception3, images_uint8: np.ndarray, batch_size: int = 50) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 2048) float64 features on CPU."""
+def inception_features(model: FIDInception3, images_uint8: np.ndarray, batch_size: int = 50,
+                       mode: str = FID_MODE) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 2048) float64 features on CPU, as clean-fid computes them in `mode`."""
     device = next(model.parameters()).device
-    feats = [model(clean_resize(images_uint8[s:s + batch_size]).to(device)).double().cpu()
+    feats = [model(fid_input(clean_resize(images_uint8[s:s + batch_size]), mode).to(device)).double().cpu()
              for s in range(0, len(images_uint8), batch_size)]
     return torch.cat(feats) if feats else torch.empty(0, 2048, dtype=torch.float64)
