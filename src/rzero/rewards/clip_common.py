@@ -8,9 +8,10 @@ Preprocessing (differentiable versions of the official PIL pipelines, `clip_prep
     "pad" (HPS v2: open_clip's `ResizeMaxSize`, the `preprocess_val` of hpsv2/img_score.py):
         [-1, 1] -> long side to `size`, short side round(size * short / long), bicubic
                 -> pad with black to size x size (left/top get the smaller half) -> normalize
-The bicubic resize is always antialiased: torch's antialiased bicubic is PIL's filter (a = -0.5,
-support scaled when shrinking), both when shrinking and when enlarging; torch's plain bicubic
-(a = -0.75) is a different kernel, 1e-4 off in cosine for images smaller than 224 px.
+The bicubic resize is PIL's (`pil_bicubic`): torch's antialiased bicubic is PIL's filter
+(a = -0.5, support scaled when shrinking), both when shrinking and when enlarging (torch's plain
+bicubic, a = -0.75, is a different kernel: 1e-4 off in cosine for images smaller than 224 px),
+run as PIL runs it, horizontal then vertical, each pass clipped to the pixel range.
 
 Weight lookup (one rule for every reward, SPEC 4 "every weight from a local path or a hub id"):
     spec given:  an existing file is used as is; an existing folder must hold the expected
@@ -67,8 +68,7 @@ def clip_preprocess(images: torch.Tensor, size: int, mean, std, resize: str = "c
     else:
         scale = size / max(h, w)  # ResizeMaxSize rounds with Python's round (half to even)
         new_h, new_w = round(h * scale), round(w * scale)
-    if (new_h, new_w) != (h, w):
-        images = F.interpolate(images, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)
+    images = pil_bicubic(images, new_h, new_w)
     if resize == "crop":
         offset = (lambda d: int(round(d / 2.0))) if crop_offset == "round" else (lambda d: d // 2)
         top, left = offset(new_h - size), offset(new_w - size)
@@ -81,6 +81,20 @@ def clip_preprocess(images: torch.Tensor, size: int, mean, std, resize: str = "c
     mean = torch.as_tensor(mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
     std = torch.as_tensor(std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
     return ((images + 1) / 2 - mean) / std
+
+
+def pil_bicubic(images: torch.Tensor, new_h: int, new_w: int) -> torch.Tensor:
+    """PIL's bicubic resize of an 8-bit image, differentiably: horizontal pass, then vertical, each
+    result clipped to the image range as PIL's uint8 passes clip it (bicubic overshoots at sharp
+    edges: unclipped, a 512x768 image with hard edges ends 7/255 away from PIL's pixels)."""
+    lo, hi = -1.0, 1.0
+    if images.shape[-1] != new_w:
+        images = F.interpolate(images, size=(images.shape[-2], new_w), mode="bicubic", align_corners=False,
+                               antialias=True).clamp(lo, hi)
+    if images.shape[-2] != new_h:
+        images = F.interpolate(images, size=(new_h, new_w), mode="bicubic", align_corners=False,
+                               antialias=True).clamp(lo, hi)
+    return images
 
 
 def full_precision(device: torch.device | str):
