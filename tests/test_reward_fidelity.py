@@ -165,6 +165,27 @@ def test_hps_from_pil_pads_like_resize_max_size(hps, hps_file, arch):
     assert (old - ref)[non_square].abs().min() > 2 * HPS_PIL_TOL  # centre crop: outside the bound
 
 
+@pytest.mark.slow
+def test_hps_real_size(tmp_path):
+    """ViT-H-14 at its released size (random weights, ~1 B parameters), a 768x512 image: same pixels
+    and from PIL (padding path)."""
+    torch.manual_seed(0)
+    path = tmp_path / "HPS_v2.1_compressed.pt"
+    torch.save({"state_dict": open_clip.create_model("ViT-H-14", pretrained=None).state_dict()}, path)
+    official = OfficialHPS("ViT-H-14", path)
+    reward = make_reward("hps-v2.1", path=str(path), device="cpu")
+    imgs, prompts = images_and_prompts([1])
+    px = stack(official.preprocess, imgs)
+    with torch.no_grad():
+        ref = official.forward(px, prompts)
+        same = reward.score(px, prompts) / 100
+        ours = reward(pil_to_tensor(imgs[0]), prompts) / 100
+    report("hps-v2.1", "real size", same - ref, "cosine, same pixels")
+    report("hps-v2.1", "real PIL", ours - ref, "cosine, from PIL")
+    torch.testing.assert_close(same, ref, rtol=0, atol=SAME_PIXELS_TOL)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=HPS_PIL_TOL)
+
+
 def test_upscaling_uses_pils_bicubic_kernel():
     """A 96x160 image enlarged to 224: antialiased torch bicubic is PIL's kernel; plain is not."""
     img = golden_images()[6]
@@ -611,3 +632,49 @@ def test_clip_preprocess_matches_official_pixels_on_every_golden_image():
 def test_cosine_is_fp32():
     a = torch.randn(3, 8, dtype=torch.bfloat16)
     assert cosine(a, a).dtype == torch.float32
+
+
+# ------------------------------------------------------------------ golden set, bf16 drift
+
+
+def test_golden_compare_scores_twenty_fixed_images(hps_file, arch, tmp_path):
+    import importlib.util
+
+    from rzero.rewards.golden import N_GOLDEN, compare, rzero_scores
+
+    rows = compare("hps-v2.1", {"path": str(hps_file), "arch": arch}, tmp_path, drift_dtype="bfloat16")
+    assert len(rows) == N_GOLDEN == len({r["size"] for r in rows})
+    if importlib.util.find_spec("hpsv2") is None:
+        assert all(r["official"] is None for r in rows) and "not installed" in rows[0]["official_code"]
+    pngs = sorted(tmp_path.glob("*.png"))
+    assert [Image.open(p).size for p in pngs] == [im.size for im in golden_images()]
+    again = rzero_scores(make_reward("hps-v2.1", path=str(hps_file), arch=arch, device="cpu"), pngs, PROMPTS)
+    assert [r["rzero"] for r in rows] == again  # PNG is lossless: the files are the golden pixels
+    report("hps-v2.1", "bf16 drift", torch.tensor([r["rzero_lowp"] - r["rzero"] for r in rows]) / 100,
+           "cosine, 20 golden images, tiny random model")
+
+
+def test_bf16_drift_of_every_reward_is_small(hps, hf_clip_dir, aesthetic_file, tmp_path, bert_dir, hps_file, arch):
+    """bf16 rewards (training) against fp32 (evaluation) on the tiny models: reported, bounded loosely."""
+    imgs, prompts = images_and_prompts()
+    x = [pil_to_tensor(im) for im in imgs]
+    sd_text = tiny_text(bert_dir)
+    _, ir32 = imagereward_case(tmp_path, bert_dir, TINY_VISION, sd_text)
+    builders = {
+        "hps-v2.1": lambda dt: make_reward("hps-v2.1", path=str(hps_file), arch=arch, device="cpu", dtype=dt),
+        "pickscore": lambda dt: make_reward("pickscore", model=str(hf_clip_dir), processor=str(hf_clip_dir),
+                                            device="cpu", dtype=dt),
+        "clip-score": lambda dt: make_reward("clip-score", model=str(hf_clip_dir), device="cpu", dtype=dt),
+        "aesthetic": lambda dt: make_reward("aesthetic", head=str(aesthetic_file), model=str(hf_clip_dir),
+                                            device="cpu", dtype=dt),
+        "imagereward": lambda dt: make_reward("imagereward", path=str(tmp_path / "ImageReward.pt"),
+                                              tokenizer=str(bert_dir), device="cpu", dtype=dt,
+                                              vision_config=TINY_VISION, text_config=sd_text),
+    }
+    for name, build in builders.items():
+        r32, r16 = build("float32"), build("bfloat16")
+        with torch.no_grad():
+            s32 = torch.cat([r32(xi, [p]) for xi, p in zip(x, prompts)])
+            s16 = torch.cat([r16(xi, [p]) for xi, p in zip(x, prompts)])
+        report(name, "bf16 drift", s16 - s32, "own scale, tiny random model")
+        assert ((s16 - s32).abs() <= 0.05 * s32.abs().clamp_min(1.0)).all(), name

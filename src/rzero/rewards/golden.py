@@ -166,18 +166,23 @@ def _aesthetic_official(options: dict, device: str):
     return score
 
 
-def compare(reward_name: str, options: dict, out_dir: str | Path, device: str = "cpu") -> list[dict]:
-    """Score the golden set with rzero (fp32) and, if installed, the official package: one row per image."""
+def compare(reward_name: str, options: dict, out_dir: str | Path, device: str = "cpu",
+            drift_dtype: str | None = None) -> list[dict]:
+    """Score the golden set with rzero (fp32) and, if installed, the official package: one row per
+    image. drift_dtype (e.g. "bfloat16"): also score with the reward in that dtype (column
+    "rzero_lowp"), the drift a training run in that dtype sees."""
     from . import make_reward
 
     paths = write_golden_images(out_dir)
-    reward = make_reward(reward_name, device=device, **{k: v for k, v in options.items() if k != "device"})
-    ours = rzero_scores(reward, paths, PROMPTS)
+    options = {k: v for k, v in options.items() if k not in ("device", "dtype")}
+    ours = rzero_scores(make_reward(reward_name, device=device, **options), paths, PROMPTS)
+    lowp = (rzero_scores(make_reward(reward_name, device=device, dtype=drift_dtype, **options), paths, PROMPTS)
+            if drift_dtype else [None] * len(paths))
     official, how = official_scorer(reward_name, options, device)
     rows = []
-    for i, (p, q, s) in enumerate(zip(paths, PROMPTS, ours)):
+    for i, (p, q, s, s_low) in enumerate(zip(paths, PROMPTS, ours, lowp)):
         ref = official(p, q) if official is not None else None
         h, w = SIZES[i]
         rows.append({"image": p.name, "size": f"{w}x{h}", "prompt": q, "rzero": s, "official": ref,
-                     "diff": None if ref is None else s - ref, "official_code": how})
+                     "diff": None if ref is None else s - ref, "rzero_lowp": s_low, "official_code": how})
     return rows
