@@ -122,9 +122,9 @@ def sync(device):
 
 def run_config(model: str, tiny: bool, device: torch.device, dtype: torch.dtype, batch: int, checkpointing: bool,
                lora_rank: int, iters: int) -> dict:
+    from rzero.backbones.lora import LoraDeltaRegularizer, trainable_denoiser
     from rzero.generator import FewStepGenerator
     from rzero.losses import WeightRegularizer
-    from rzero.losses.lora import LoraDeltaRegularizer, trainable_denoiser
     from rzero.rewards.composite import CompositeReward
 
     if device.type == "cuda":

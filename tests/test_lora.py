@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from rzero.backbones import SD15Backbone
-from rzero.losses.lora import (LoraDeltaRegularizer, apply_lora, delta_weight, lora_layers, merged_state_dict,
-                               trainable_denoiser)
+from rzero.backbones.lora import (LoraDeltaRegularizer, apply_lora, delta_weight, lora_layers, merged_state_dict,
+                                  trainable_denoiser)
 from test_sd_backbones import PROMPTS, Redness, noisy, r0_config
 from tiny_sd import prompt_file, tiny_sd3, tiny_sd15  # noqa: F401  (pytest fixtures)
 

@@ -316,9 +316,9 @@ def test_real_scale_presets_validate(preset, capsys):
 def test_sd3_preset_lora_targets_exist_in_the_sd3_transformer(tiny_sd3):  # noqa: F811
     from pathlib import Path
 
+    from rzero.backbones.lora import apply_lora, lora_layers
     from rzero.config import load_config
     from rzero.config.schema import TrainConfig
-    from rzero.losses.lora import apply_lora, lora_layers
 
     cfg = load_config(TrainConfig, Path(__file__).resolve().parents[1] / "configs" / "sd3_r0.yaml", [])
     b = SD3Backbone(str(tiny_sd3))

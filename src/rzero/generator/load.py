@@ -27,7 +27,7 @@ def backbone_kwargs(name: str, path: str = "", dtype: str = "float32", gradient_
 
 
 def build_backbone(cfg, asset_dir=None, device=None):
-    """The backbone a TrainConfig describes (no LoRA yet: trainers add it, see losses/lora.py)."""
+    """The backbone a TrainConfig describes (no LoRA yet: trainers add it, see backbones/lora.py)."""
     from ..backbones import make_backbone
 
     return make_backbone(cfg.backbone, **backbone_kwargs(cfg.backbone, cfg.backbone_path, cfg.backbone_dtype,
@@ -143,7 +143,7 @@ def load_generator(path: str | Path, asset_dir=None, device=None, dtype: str | N
     merge_lora folds LoRA adapters into the denoiser's weights (a plain network, as exported).
     """
     from ..backbones import make_backbone
-    from ..losses.lora import apply_lora, merged_state_dict
+    from ..backbones.lora import apply_lora, merged_state_dict
 
     snap = resolve_snapshot(path)
     meta = read_meta(snap)

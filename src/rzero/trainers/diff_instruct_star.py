@@ -33,9 +33,9 @@ import math
 
 import torch
 
+from ..backbones.lora import trainable_denoiser
 from ..diffusion import broadcast_to
 from ..losses import huber_push, inject, pseudo_huber
-from ..losses.lora import trainable_denoiser
 from .fake_score import FakeScore, backbone_with, frozen_copy, sample_timesteps, score_difference
 from .reward_trainer import RewardTrainer
 

@@ -15,8 +15,8 @@ import copy
 
 import torch
 
+from ..backbones.lora import LoraDeltaRegularizer, trainable_denoiser
 from ..losses import WeightRegularizer
-from ..losses.lora import LoraDeltaRegularizer, trainable_denoiser
 from .fake_score import backbone_with, frozen_copy
 from .reward_trainer import RewardTrainer
 

@@ -61,10 +61,6 @@ def lora_layers(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     return [(n, m) for n, m in module.named_modules() if isinstance(m, LoraLayer)]
 
 
-def has_lora(module: torch.nn.Module) -> bool:
-    return any("lora_" in n for n, _ in module.named_parameters())
-
-
 def trainable_denoiser(denoiser: torch.nn.Module, rank: int = 0, alpha: float = 0.0,
                        target_modules=DEFAULT_TARGETS) -> torch.nn.Module:
     """What a trainer optimizes: the whole denoiser in float32 (rank 0) or its LoRA adapters."""
@@ -117,18 +113,6 @@ class LoraDeltaRegularizer(torch.nn.Module):
     def forward(self, params=None) -> tuple[torch.Tensor, dict[str, float]]:
         sq = sum(delta_sq_norm(m, self.adapter) for m in self.layers)
         return self.strength * sq, {"reg/loss": float(self.strength * sq.detach()), "reg/dist": float(sq.detach().sqrt())}
-
-
-def lora_tensors(denoiser: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Adapter weights in peft's saved naming (no adapter name), for `save_lora_weights`."""
-    from peft.utils import get_peft_model_state_dict
-
-    return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(denoiser).items()}
-
-
-def lora_metadata(denoiser: torch.nn.Module) -> dict:
-    """The adapter's LoraConfig as a dict: stored in the LoRA file so loaders use the same alpha."""
-    return denoiser.peft_config["default"].to_dict()
 
 
 @torch.no_grad()
