@@ -56,6 +56,7 @@ def test_sd15_sample_equals_diffusers_ddim_from_the_scheduler_config(tmp_path, o
     with torch.no_grad():
         ours = b.sample(PROMPTS, noise, steps=4, cfg=3.0)
         ref = diffusers_ddim(b, comps["scheduler_config"], noise, steps=4, cfg=3.0)
+    print(f"\nFIDELITY sd15-sample  {str(overrides):<60} max|diff| {float((ours - ref).abs().max()):.2e} (images in [-1, 1])")
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
     # The old sampler (no clip, clean-x0 final step) is measurably different here.
     b.final_step, b.clip_x0 = "x0", None
@@ -120,8 +121,10 @@ def test_fid_features_equal_clean_fid_clean_mode(inception):
         ref = cleanfid_features(inception, imgs)
         old = inception(torch.stack([torch.from_numpy(cleanfid_resize(i).transpose(2, 0, 1).copy())
                                      for i in imgs]) / 127.5 - 1).double()  # pytorch-fid's scaling
+    rel = lambda a: float((a - ref).norm() / ref.norm())  # noqa: E731
+    print(f"\nFIDELITY fid-features clean mode relative |diff| {rel(ours):.2e}; old scaling {rel(old):.2e}")
     torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
-    assert ((old - ref).norm() / ref.norm()) > 1e-4
+    assert rel(old) > 1e-4
     with pytest.raises(ValueError, match="clean"):
         inception_features(inception, imgs, mode="legacy_pytorch")
 
@@ -131,4 +134,5 @@ def test_frechet_distance_equals_clean_fid():
     a = rng.normal(size=(200, 24))
     b = rng.normal(size=(150, 24)) @ rng.normal(size=(24, 24)) * 0.5 + 0.3
     ours = frechet_distance(torch.from_numpy(a), torch.from_numpy(b))
+    print(f"\nFIDELITY frechet  ours {ours:.10f} clean-fid {cleanfid_frechet(a, b):.10f}")
     assert ours == pytest.approx(cleanfid_frechet(a, b), rel=1e-9, abs=1e-9)
