@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/distributed_check.py --parallel fsdp --json benchmarks/results/distributed_check_fsdp.json
     .venv/bin/python benchmarks/distributed_check.py --method distar --json benchmarks/results/distributed_check_distar.json
 
-`--parallel fsdp` runs the two processes with the denoiser sharded (trainers/fsdp.py) and
+`--parallel fsdp` runs the two processes with the denoiser sharded (utils/fsdp.py) and
 checks them against the same 1-process reference. `--method distar` (or `dipp`) checks
 Diff-Instruct* (DI++) on its world preset: the generator, and also the fake score psi, whose
 gradients DDP averages too (trainers/fake_score.py), so its weights must match as well.

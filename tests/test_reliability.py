@@ -511,7 +511,7 @@ def test_fsdp_units_are_the_denoiser_blocks():
     inside them), never the root's own small layers; children come after their parents."""
     from diffusers import UNet2DConditionModel
 
-    from rzero.trainers.fsdp import sharding_units
+    from rzero.utils.fsdp import sharding_units
     from rzero.world.models import teacher_unet_config
 
     unet = UNet2DConditionModel(**teacher_unet_config())

@@ -464,7 +464,7 @@ class TrainConfig:
     grad_accum: int = 1
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (accelerate)
     # Multi-process training: "ddp" replicates the denoiser on every rank; "fsdp" shards it
-    # (trainers/fsdp.py; R0 with full fine-tuning). One process ignores it.
+    # (utils/fsdp.py; R0 with full fine-tuning). One process ignores it.
     parallel: str = "ddp"
     # Where training runs: "auto" = the launcher's GPU (cuda:$LOCAL_RANK) when torch sees one, else
     # the CPU; "cpu" forces the CPU; "cuda" requires a GPU. Every module a trainer owns goes there.

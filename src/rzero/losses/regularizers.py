@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from ..utils.fsdp import is_dtensor, shard_like
+
 
 class WeightRegularizer(torch.nn.Module):
     """Keeps frozen copies of the initial trainable weights; `forward(params) -> (loss, metrics)`."""
@@ -25,8 +27,6 @@ class WeightRegularizer(torch.nn.Module):
             self.register_buffer(f"theta0_{i}", p.detach().clone())
 
     def forward(self, params: list[torch.nn.Parameter]) -> tuple[torch.Tensor, dict[str, float]]:
-        from ..trainers.fsdp import is_dtensor, shard_like  # not at the top: trainers import this module
-
         sq = None
         for i, p in enumerate(params):
             t0 = getattr(self, f"theta0_{i}")

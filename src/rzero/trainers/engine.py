@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from ..config import save_config
 from ..config.schema import TrainConfig
+from ..utils.fsdp import full, full_optimizer_state, load_full_optimizer_state, shard_like, shard_module
 from ..utils.guards import (checkpoint_state_problem, finite_values, guarded_optimizer_step, lock_run_folder,
                             truncate_stats, unlock_run_folder)
 from ..utils.io import (AssetError, atomic_save_safetensors, atomic_write_bytes, check_run_tree, copy_weights_,
@@ -176,8 +177,6 @@ class Trainer:
             upcast_trainable(module)
         self.sharded = cfg.parallel == "fsdp" and acc.num_processes > 1
         if self.sharded:  # in place, before the optimizer sees the (now sharded) parameters
-            from .fsdp import shard_module
-
             shard_module(self.fsdp_root(), cfg.mixed_precision)
         params = [p for _, p in self.named_trainable()]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
@@ -208,13 +207,9 @@ class Trainer:
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Whole trainable weights by name (under FSDP a collective: call it on every rank)."""
-        from .fsdp import full
-
         return {n: full(p.detach()) for n, p in self.named_trainable()}
 
     def _ema_state(self) -> dict[str, torch.Tensor] | None:
-        from .fsdp import full
-
         return None if self.ema is None else {n: full(t) for n, t in self.ema.items()}
 
     @torch.no_grad()
@@ -400,8 +395,6 @@ class Trainer:
         """Clip the total gradient norm; returns the norm before clipping."""
         if not self.sharded:
             return float(self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm))
-        from .fsdp import full
-
         params = [p for p in self.model.parameters() if p.requires_grad]
         return float(full(torch.nn.utils.clip_grad_norm_(params, max_norm)))  # sharded grads: a global norm
 
@@ -473,8 +466,6 @@ class Trainer:
         # Whole tensors first: under FSDP gathering them is a collective every rank joins.
         weights, ema = self.trainable_state(), self._ema_state()
         if self.sharded:
-            from .fsdp import full_optimizer_state
-
             optim_state = full_optimizer_state(self.optimizer.optimizer)
         else:
             optim_state = self.optimizer.state_dict()
@@ -584,8 +575,6 @@ class Trainer:
 
     def _load_checkpoint(self, path: Path) -> None:
         """Load every piece of a verified checkpoint (weights, EMA, optimizer, extra state)."""
-        from .fsdp import shard_like
-
         trainable = dict(self.named_trainable())
         # Checked against whole-tensor shapes, then cut into this rank's shards (FSDP) or copied.
         whole = {n: torch.empty(p.shape, dtype=p.dtype) for n, p in trainable.items()} if self.sharded else trainable
@@ -603,8 +592,6 @@ class Trainer:
             self.ema = {n: shard_like(ema[n].to(p.device), p) for n, p in trainable.items()}
         try:
             if self.sharded:
-                from .fsdp import load_full_optimizer_state
-
                 load_full_optimizer_state(self.optimizer.optimizer, torch_load_safe(path / "optimizer.pt"))
             else:
                 self.optimizer.load_state_dict(torch_load_safe(path / "optimizer.pt"))

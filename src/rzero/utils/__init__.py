@@ -1,1 +1,1 @@
-"""Small shared helpers: seeding, atomic file I/O and metric logging."""
+"""Small shared helpers: seeding, atomic file I/O, metric logging and FSDP sharding."""
