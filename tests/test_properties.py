@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from rzero.config import ConfigError
 from rzero.config.io import apply_overrides, format_config, from_dict, parse_override, split_key, to_dict
 from rzero.config.schema import TrainConfig
-from rzero.trainers.prompts import world_prompts
+from rzero.data.prompts import world_prompts
 from rzero.world.prompts import N_TEMPLATES, _POSITION, _POSITION_ALT, describe, describe_one, fixed_prompts
 from rzero.world.scene import BACKGROUNDS, COLOURS, HELDOUT_PAIRS, LEVELS, SHAPES, SIZES, sample_specs
 

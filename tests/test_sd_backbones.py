@@ -275,7 +275,7 @@ def test_r0_smoke_run(paths, kind, prompt_file, tmp_path):  # noqa: F811
 
 
 def test_training_prompts_come_from_the_prompt_file(prompt_file):  # noqa: F811
-    from rzero.trainers.prompts import grid_prompts, prompt_source
+    from rzero.data.prompts import grid_prompts, prompt_source
 
     src = prompt_source("sd15", str(prompt_file))
     lines = [ln.strip() for ln in prompt_file.read_text().splitlines() if ln.strip()]
@@ -332,7 +332,7 @@ def test_sd_tracking_scores_a_fixed_prompt_subset(paths, prompt_file, tmp_path):
     numbers whatever the batch size, logged as track/reward_<name>."""
     from rzero.config import ConfigError
     from rzero.trainers import R0Trainer
-    from rzero.trainers.prompts import tracking_subset
+    from rzero.data.prompts import tracking_subset
 
     lines = [ln.strip() for ln in prompt_file.read_text().splitlines() if ln.strip()]
     subset = tracking_subset(prompt_file, 3)

@@ -205,7 +205,7 @@ def check_output_file(path: str | None, flag: str) -> None:
 
 
 def read_prompt_file(path: str) -> list[str]:
-    from ..trainers.prompts import read_prompts
+    from ..data.prompts import read_prompts
 
     return read_prompts(path, "prompt file")
 

@@ -66,7 +66,7 @@ class ScaleInputs:
 
 
 def _read(path: Path, label: str, limit: int) -> list[str]:
-    from ..trainers.prompts import read_prompts
+    from ..data.prompts import read_prompts
 
     if path.suffix == ".json":  # the HPSv2 package ships its benchmark prompts as JSON lists
         import json

@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 
 from ..config.schema import TrainConfig, check_timesteps
+from ..data.prompts import TRACK_SEED, grid_prompts, prompt_source, tracking_subset
 from ..eval.report import save_grid
 from ..generator import FewStepGenerator, TrainableGenerator
 from ..generator.load import backbone_meta, build_backbone
 from ..rewards.composite import CompositeReward
 from ..utils.seeding import per_image_draws, randn_per_image
 from .engine import Trainer
-from .prompts import grid_prompts, prompt_source, tracking_subset
 
 
 class RewardTrainer(Trainer):
@@ -141,8 +141,6 @@ class RewardTrainer(Trainer):
     def _track_rewards(self) -> dict[str, float]:
         """sd15/sd3 curves: each training reward's mean on a fixed, seeded prompt subset, one image
         per prompt with per-image noise (the same images for the same weights, whatever the batch)."""
-        from .prompts import TRACK_SEED
-
         prompts = self._tracking_prompts()
         was = self.model.training
         self.model.eval()
