@@ -286,30 +286,21 @@ def clip_score(hf_clip_dir):
     return make_reward("clip-score", model=str(hf_clip_dir), device="cpu")
 
 
-def test_pickscore_same_pixels_and_from_pil(pickscore, hf_clip):
+@pytest.mark.parametrize("fixture,preprocess,official,scale", [
+    ("pickscore", pickscore_official_preprocess, pickscore_official, "logit_scale x cosine"),
+    ("clip_score", openai_clip_transform(), clipscore_official, "100 x cosine"),
+])
+def test_clip_rewards_same_pixels_and_from_pil(fixture, preprocess, official, scale, hf_clip, request):
+    reward = request.getfixturevalue(fixture)
     model, tok = hf_clip
     imgs, prompts = images_and_prompts()
-    px = stack(pickscore_official_preprocess, imgs)
-    ref = pickscore_official(model, tok, px, prompts)
+    px = stack(preprocess, imgs)
+    ref = official(model, tok, px, prompts)
     with torch.no_grad():
-        same = pickscore.score(px, prompts)
-        ours = torch.cat([pickscore(pil_to_tensor(im), [p]) for im, p in zip(imgs, prompts)])
-    report("pickscore", "same pixels", same - ref, "logit_scale x cosine")
-    report("pickscore", "from PIL", ours - ref, "logit_scale x cosine")
-    torch.testing.assert_close(same, ref, rtol=SAME_PIXELS_TOL, atol=0)
-    torch.testing.assert_close(ours, ref, rtol=0, atol=CLIP_PIL_TOL)
-
-
-def test_clip_score_same_pixels_and_from_pil(clip_score, hf_clip):
-    model, tok = hf_clip
-    imgs, prompts = images_and_prompts()
-    px = stack(openai_clip_transform(), imgs)
-    ref = clipscore_official(model, tok, px, prompts)
-    with torch.no_grad():
-        same = clip_score.score(px, prompts)
-        ours = torch.cat([clip_score(pil_to_tensor(im), [p]) for im, p in zip(imgs, prompts)])
-    report("clip-score", "same pixels", same - ref, "100 x cosine")
-    report("clip-score", "from PIL", ours - ref, "100 x cosine")
+        same = reward.score(px, prompts)
+        ours = torch.cat([reward(pil_to_tensor(im), [p]) for im, p in zip(imgs, prompts)])
+    report(reward.name, "same pixels", same - ref, scale)
+    report(reward.name, "from PIL", ours - ref, scale)
     torch.testing.assert_close(same, ref, rtol=SAME_PIXELS_TOL, atol=0)
     torch.testing.assert_close(ours, ref, rtol=0, atol=CLIP_PIL_TOL)
 
