@@ -80,11 +80,11 @@ def _preload() -> None:
     import rzero.cli.report  # noqa: F401
     import rzero.cli.serve  # noqa: F401
     import rzero.eval.report  # noqa: F401
-    import rzero.export  # noqa: F401
+    import rzero.apps.export  # noqa: F401
     import rzero.generator.load  # noqa: F401
     import rzero.rewards  # noqa: F401
-    import rzero.run_report  # noqa: F401
-    import rzero.serve  # noqa: F401
+    import rzero.apps.run_report  # noqa: F401
+    import rzero.apps.serve  # noqa: F401
     import rzero.trainers  # noqa: F401
     import rzero.world.loaders  # noqa: F401
 
@@ -794,7 +794,7 @@ def export_case(rng: random.Random, cdir: Path, shared: Shared) -> Case:
 
 def _web_models(shared: Shared):
     if shared.models is None:
-        from rzero.serve import DemoModels
+        from rzero.apps.serve import DemoModels
 
         shared.models = DemoModels(shared.base_run, shared.assets)
     return shared.models
@@ -854,7 +854,7 @@ def web_case(rng: random.Random, cdir: Path, shared: Shared) -> Case:
         from fastapi.testclient import TestClient
 
         from rzero.cli.serve import guard_host
-        from rzero.serve import create_app
+        from rzero.apps.serve import create_app
 
         client = TestClient(guard_host(create_app(models), "127.0.0.1", allow), base_url="http://127.0.0.1:7860")
         headers = {"content-type": "application/json", "host": host}

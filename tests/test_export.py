@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rzero.cli.main import main
-from rzero.export import export, stock_scheduler
+from rzero.apps.export import export, stock_scheduler
 from test_sd_backbones import PROMPTS, Redness, r0_config
 from tiny_sd import prompt_file, tiny_sd3, tiny_sd15, tiny_sd15_v  # noqa: F401  (pytest fixtures)
 

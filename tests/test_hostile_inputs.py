@@ -643,7 +643,7 @@ def test_serve_refuses_a_foreign_host_header(monkeypatch, capsys):
     import uvicorn
     from fastapi.testclient import TestClient
 
-    import rzero.serve as serve
+    import rzero.apps.serve as serve
 
     class Models:
         generator, meta, checkpoint = None, {}, "/home/me/secret-run"

@@ -65,7 +65,7 @@ def test_report_of_a_finished_run(tiny_run, world_assets, tmp_path, capsys):
     # The metrics: every key logged in stats.jsonl appears, with its last value.
     rows = read_jsonl(tiny_run / "stats.jsonl")
     last_fid = [r["track/world_fid"] for r in rows if "track/world_fid" in r][-1]
-    from rzero.run_report import _fmt
+    from rzero.apps.run_report import _fmt
 
     assert "track/world_fid" in text and f"<td>{_fmt(last_fid)}</td>" in text
     assert all(k in text for r in rows for k in r if k not in ("step", "time"))
@@ -88,7 +88,7 @@ def test_report_of_a_finished_run(tiny_run, world_assets, tmp_path, capsys):
 
 def test_report_of_an_interrupted_run_with_alarm(tiny_run, tmp_path):
     """No final/ snapshot, a half-written last stats line, and a fired alarm."""
-    from rzero.run_report import write_report
+    from rzero.apps.run_report import write_report
 
     run = tmp_path / "interrupted"
     run.mkdir()
@@ -111,7 +111,7 @@ def test_report_of_an_interrupted_run_with_alarm(tiny_run, tmp_path):
 
 
 def test_report_without_alarm_logs_says_not_available(tiny_run, tmp_path):
-    from rzero.run_report import build_report
+    from rzero.apps.run_report import build_report
 
     run = tmp_path / "old"
     run.mkdir()
@@ -143,7 +143,7 @@ def test_bad_options_are_one_line_errors(tiny_run, capsys):
 
 
 def test_pick_grids_keeps_first_and_last():
-    from rzero.run_report import _pick_grids
+    from rzero.apps.run_report import _pick_grids
 
     grids = [(i * 100, Path(f"step_{i * 100:06d}.png")) for i in range(31)]
     picked = _pick_grids(grids, 5)

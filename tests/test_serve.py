@@ -36,7 +36,7 @@ def checkpoint(world_assets, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def models(checkpoint, world_assets):
-    from rzero.serve import DemoModels
+    from rzero.apps.serve import DemoModels
 
     return DemoModels(checkpoint, world_assets)
 
@@ -45,7 +45,7 @@ def models(checkpoint, world_assets):
 def client(models):
     from starlette.testclient import TestClient
 
-    from rzero.serve import create_app
+    from rzero.apps.serve import create_app
 
     return TestClient(create_app(models))
 
@@ -138,7 +138,7 @@ def test_info_defaults_and_limits_are_the_validations_own(client, checkpoint):
 
     from rzero.config.schema import EvalConfig
     from rzero.generator.load import read_meta, resolve_snapshot
-    from rzero.serve import GenerateRequest
+    from rzero.apps.serve import GenerateRequest
 
     info = client.get("/api/info").json()
     d, lim = info["defaults"], info["limits"]
@@ -190,7 +190,7 @@ def test_the_page_repeats_no_default_or_limit(client):
 def test_teacher_only_server(world_assets):
     from starlette.testclient import TestClient
 
-    from rzero.serve import DemoModels, create_app
+    from rzero.apps.serve import DemoModels, create_app
 
     c = TestClient(create_app(DemoModels(None, world_assets)))
     assert c.get("/api/info").json()["generator"] is None
@@ -210,7 +210,7 @@ def _free_port() -> int:
 def test_real_uvicorn_on_loopback(models):
     import uvicorn
 
-    from rzero.serve import create_app
+    from rzero.apps.serve import create_app
 
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(models), host="127.0.0.1", port=port, log_level="warning"))

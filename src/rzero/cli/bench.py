@@ -25,7 +25,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..bench import BenchSettings, make_jobs, plan_text, run_bench, write_report
+    from ..apps.bench import BenchSettings, make_jobs, plan_text, run_bench, write_report
 
     out = Path(args.out or ("runs/bench_quick" if args.quick else "runs/bench"))
     docs = Path(args.docs)

@@ -20,7 +20,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..export import export
+    from ..apps.export import export
 
     out = export(args.checkpoint, args.fmt, args.out, dtype=args.dtype, force=args.force)
     print(f"export: {args.fmt} written to {out} (pipeline arguments in {out}/rzero_export.json)")

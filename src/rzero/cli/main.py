@@ -436,7 +436,7 @@ def check_resume_config(out: Path, cfg, allow_change: bool) -> None:
 
 
 def cmd_demo(args) -> int:
-    from ..demo import run_demo
+    from ..apps.demo import run_demo
 
     path = run_demo(Path(args.out), quick=args.quick)
     print(f"demo: report written to {path}")

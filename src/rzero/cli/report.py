@@ -28,7 +28,7 @@ def run(args) -> int:
     if args.max_grids < 2:
         raise ValueError(f"--max-grids must be >= 2 (the first and the last grid are always shown), got {args.max_grids}")
     check_output_file(args.out, "--out")
-    from ..run_report import write_report
+    from ..apps.run_report import write_report
 
     path = write_report(args.run_dir, args.out, asset_dir=args.assets, teacher=not args.no_teacher,
                         teacher_steps=args.teacher_steps, teacher_cfg=args.teacher_cfg, max_grids=args.max_grids)

@@ -87,7 +87,7 @@ def guard_host(app, bound: str, extra: list[str] | tuple[str, ...] = ()):
 
 
 def run(args) -> int:
-    from ..serve import check_port_free
+    from ..apps.serve import check_port_free
 
     from ..config.schema import MAX_THREADS
 
@@ -97,7 +97,7 @@ def run(args) -> int:
     import torch
     import uvicorn
 
-    from ..serve import DemoModels, create_app
+    from ..apps.serve import DemoModels, create_app
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 EVAL_SEED = 1234
 GRID_SEEDS = 4
 
@@ -176,8 +176,8 @@ def _tracked_curve(rows: list[dict]) -> list[list[float]]:
 
 def job_config(j: Job, s: BenchSettings):
     """The TrainConfig a job trains with: its preset, its overrides and the bench's sizes."""
-    from .config import load_config
-    from .config.schema import TrainConfig
+    from ..config import load_config
+    from ..config.schema import TrainConfig
 
     return load_config(TrainConfig, CONFIGS / j.preset, [
         *j.overrides, f"seed={j.seed}", "threads=1", "iterations=1000000",
@@ -190,12 +190,12 @@ def run_job(job: dict, out: str, settings: dict) -> dict:
     """Train (resumable) and evaluate one job; writes eval.json last, which marks it done."""
     import torch
 
-    from .config.schema import EvalConfig
-    from .eval.report import save_grid, write_json
-    from .eval.world_eval import evaluate_world, generator_source, teacher_source
-    from .generator.load import read_meta
-    from .utils.stats import read_jsonl
-    from .world.prompts import fixed_prompts
+    from ..config.schema import EvalConfig
+    from ..eval.report import save_grid, write_json
+    from ..eval.world_eval import evaluate_world, generator_source, teacher_source
+    from ..generator.load import read_meta
+    from ..utils.stats import read_jsonl
+    from ..world.prompts import fixed_prompts
 
     j, s = Job(**job), BenchSettings(**settings)
     run = Path(out) / "runs" / j.run_name
@@ -211,7 +211,7 @@ def run_job(job: dict, out: str, settings: dict) -> dict:
             result.update(train_seconds=0.0, iterations=0)
         else:
             if not (run / "train_done.json").is_file():
-                from .trainers import TRAINERS
+                from ..trainers import TRAINERS
 
                 cfg = job_config(j, s)
                 TRAINERS[cfg.method](cfg, run).fit()
@@ -259,9 +259,9 @@ def _check_same_settings(out: Path, s: BenchSettings) -> None:
 
 def _check_runs_match_presets(out: Path, jobs: list[Job], s: BenchSettings) -> None:
     """A run started before its preset changed would be reused (or resumed) under the new name."""
-    from .config import load_config
-    from .config.io import to_dict
-    from .config.schema import TrainConfig
+    from ..config import load_config
+    from ..config.io import to_dict
+    from ..config.schema import TrainConfig
 
     for j in jobs:
         saved = out / "runs" / j.run_name / "config.yaml"
@@ -292,7 +292,7 @@ def run_bench(out: Path, s: BenchSettings, only: list[str] | None = None, docs: 
     jobs = make_jobs(s, only)
     text, _ = plan_text(jobs, s)
     log(text)
-    from .utils.io import atomic_write_bytes
+    from ..utils.io import atomic_write_bytes
 
     _check_same_settings(out, s)
     _check_runs_match_presets(out, jobs, s)
@@ -575,7 +575,7 @@ def write_report(out: Path, docs: Path) -> Path:
               "renders (lower is better); diversity across seeds; NFE counts CFG twice; train s: training "
               "wall-clock.", "", _table(table_rows, TABLE_COLS), ""]
     lines += ["## Claims of SPEC 5", "",
-              "Verdicts by the rules in `rzero.bench` (`compare`, `majority_verdict`, `_convergence_verdict`): "
+              "Verdicts by the rules in `rzero.apps.bench` (`compare`, `majority_verdict`, `_convergence_verdict`): "
               "a difference counts when it exceeds both two standard errors and a per-metric tolerance "
               f"({ABS_TOL}).", ""]
     for c, verdict, ev in claims(res):
@@ -598,7 +598,7 @@ def write_report(out: Path, docs: Path) -> Path:
                   "w.r.t. the generator weights, and the cosine of the two parameter gradients.", "",
                   "![diagnostics](bench_diagnostics.png)", ""]
     if grids:
-        from .world.prompts import fixed_prompts
+        from ..world.prompts import fixed_prompts
 
         prompts, _ = fixed_prompts()
         lines += ["## Samples", "", f"Fixed prompts (rows) and {GRID_SEEDS} seeds (columns), seed-0 run of each "

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import torch
 
-from .generator.load import read_meta, resolve_snapshot
-from .utils.io import AssetError, load_safetensors
+from ..generator.load import read_meta, resolve_snapshot
+from ..utils.io import AssetError, load_safetensors
 
 FORMATS = ("diffusers", "lora")
 SUPPORTED = ("sd15", "sd3")
@@ -106,7 +106,7 @@ def stock_scheduler(name: str, scheduler_config: dict, timesteps: list[float], n
 def _info(snap: Path, meta: dict, fmt: str, call: dict, scheduler: str, load: dict | None = None) -> dict:
     eta = float(meta.get("inference_eta", 0.0))
     note = ("deterministic: reproduces `rzero sample` (eta = 0) from the same latents" if eta == 0 else
-            f"the run's inference eta is {eta}; stock schedulers run eta = 0 here (see rzero/export.py)")
+            f"the run's inference eta is {eta}; stock schedulers run eta = 0 here (see rzero/apps/export.py)")
     return {"source": str(snap), "format": fmt, "backbone": meta["backbone"], "base_model": meta.get("backbone_path"),
             "steps": int(meta["steps"]), "timesteps": meta.get("timesteps"), "renoise": meta.get("renoise"),
             "inference_eta": eta, "scheduler": scheduler, "pipeline_load": load or {}, "pipeline_call": call,
@@ -115,7 +115,7 @@ def _info(snap: Path, meta: dict, fmt: str, call: dict, scheduler: str, load: di
 
 def export_diffusers(checkpoint: str | Path, out: str | Path, dtype: str = "float32", force: bool = False) -> Path:
     """A full diffusers pipeline folder (LoRA merged); returns the folder."""
-    from .generator.load import load_generator
+    from ..generator.load import load_generator
 
     snap = resolve_snapshot(checkpoint)
     meta = read_meta(snap)
@@ -150,7 +150,7 @@ def export_lora(checkpoint: str | Path, out: str | Path, force: bool = False) ->
     """pytorch_lora_weights.safetensors (diffusers naming + adapter metadata) and the stock scheduler config."""
     from peft import LoraConfig
 
-    from .backbones.sd15 import read_scheduler_config
+    from ..backbones.sd15 import read_scheduler_config
 
     snap = resolve_snapshot(checkpoint)
     meta = read_meta(snap)

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .utils.io import AssetError, atomic_write_bytes, check_run_tree
-from .utils.stats import read_jsonl
+from ..utils.io import AssetError, atomic_write_bytes, check_run_tree
+from ..utils.stats import read_jsonl
 
 ALARM_FILE = "hacking_alarm.json"
 CACHE_DIR = "report_cache"  # teacher grids, keyed by the teacher's checksum and sampler settings
@@ -77,9 +77,9 @@ def _checked_config(text: str, run: Run) -> dict:
     """config.yaml as a dict of the schema's types (parsed like a config: no aliases), or {}."""
     import yaml
 
-    from .config import ConfigError, from_dict, to_dict
-    from .config.io import load_yaml_text
-    from .config.schema import TrainConfig
+    from ..config import ConfigError, from_dict, to_dict
+    from ..config.io import load_yaml_text
+    from ..config.schema import TrainConfig
 
     try:
         loaded = load_yaml_text(text)
@@ -107,7 +107,7 @@ def _checked_rows(rows: list, run: Run) -> list[dict]:
 
 
 def _checked_snapshot(meta: dict | None, run: Run) -> dict | None:
-    from .generator.load import _meta_problem
+    from ..generator.load import _meta_problem
 
     if meta is None:
         return None
@@ -272,14 +272,14 @@ def curve_figures(history: dict[str, list[tuple[int, float]]]) -> list[tuple[str
 def _grid_recipe():
     """Prompts and start noise of the trainers' sample grids (mirrors R0Trainer.sample_grid):
     the fixed world prompts, GRID_SEEDS images each, noise from (seed 0, image index)."""
-    from .world.prompts import fixed_prompts
+    from ..world.prompts import fixed_prompts
 
     prompts, _ = fixed_prompts()
     return prompts, [p for p in prompts for _ in range(GRID_SEEDS)]
 
 
 def _grid_png(images) -> bytes:
-    from .eval.report import save_grid
+    from ..eval.report import save_grid
 
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "grid.png"
@@ -295,16 +295,16 @@ def teacher_grid(run: Run, asset_dir=None, steps: int = 25, cfg: float = 7.5) ->
     """
     import torch
 
-    from .backbones import make_backbone
-    from .utils.seeding import randn_per_image
+    from ..backbones import make_backbone
+    from ..utils.seeding import randn_per_image
 
     name = run.config.get("backbone", "world")
     key = name
     if name == "world":
-        from .world.assets import read_manifest
+        from ..world.assets import read_manifest
 
         key = "world-" + read_manifest(asset_dir)["assets"]["teacher"]["sha256"][:12]
-    from .config.schema import EvalConfig
+    from ..config.schema import EvalConfig
 
     eta = EvalConfig().eta  # the protocol's teacher sampler
     cache = run.path / CACHE_DIR / f"teacher_{key}_s{steps}_cfg{cfg:g}_eta{eta:g}.png"
@@ -330,10 +330,10 @@ def generator_grid(run: Run, asset_dir=None) -> tuple[bytes, str]:
     run finished, else the newest training-time grid (the raw weights at that iteration)."""
     import torch
 
-    from .utils.seeding import randn_per_image
+    from ..utils.seeding import randn_per_image
 
     if run.snapshot is not None:
-        from .generator import load_generator
+        from ..generator import load_generator
 
         gen, meta = load_generator(run.path, asset_dir)
         _, grid_prompts = _grid_recipe()

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import torch
 
-from .config import load_config
-from .config.schema import EvalConfig, TrainConfig
-from .eval.plots import plot_curves
-from .eval.report import eval_markdown, save_grid, write_json
-from .eval.world_eval import evaluate_world, generator_source, real_source, render_real, teacher_source
-from .world.prompts import GRID_SEED, fixed_prompts
+from ..config import load_config
+from ..config.schema import EvalConfig, TrainConfig
+from ..eval.plots import plot_curves
+from ..eval.report import eval_markdown, save_grid, write_json
+from ..eval.world_eval import evaluate_world, generator_source, real_source, render_real, teacher_source
+from ..world.prompts import GRID_SEED, fixed_prompts
 
-PRESET = Path(__file__).resolve().parents[2] / "configs" / "world_r0.yaml"
+PRESET = Path(__file__).resolve().parents[3] / "configs" / "world_r0.yaml"
 
 
 def _train_config(quick: bool, preset: Path | None) -> TrainConfig:
@@ -32,7 +32,7 @@ def _train_config(quick: bool, preset: Path | None) -> TrainConfig:
 
 
 def run_demo(out: Path, quick: bool = False, preset: Path | None = PRESET) -> Path:
-    from .trainers import R0Trainer
+    from ..trainers import R0Trainer
 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

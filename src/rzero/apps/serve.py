@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .config.schema import EvalConfig
+from ..config.schema import EvalConfig
 
 MAX_IMAGES = 8
 MAX_TEACHER_STEPS = 250  # the demo's own bound, to keep one request under a minute on a CPU
@@ -102,11 +102,11 @@ class DemoModels:
     """The teacher (multi-step DDIM + CFG) and, with a checkpoint, the trained generator."""
 
     def __init__(self, checkpoint: str | Path | None = None, asset_dir: str | Path | None = None):
-        from .backbones import make_backbone
+        from ..backbones import make_backbone
 
         self.generator, self.meta = None, {}
         if checkpoint is not None:
-            from .generator import load_generator
+            from ..generator import load_generator
 
             self.generator, self.meta = load_generator(checkpoint, asset_dir)
         self.checkpoint = str(checkpoint) if checkpoint is not None else None
@@ -133,7 +133,7 @@ class DemoModels:
 
     @torch.no_grad()
     def generate(self, req: GenerateRequest) -> dict:
-        from .utils.seeding import image_seed, randn_per_image
+        from ..utils.seeding import image_seed, randn_per_image
 
         models = req.models or (["generator", "teacher"] if self.generator is not None else ["teacher"])
         if "generator" in models and self.generator is None:
