@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from rzero.apps.bench import (ABLATIONS, TABLE, BenchSettings, claims, compare, load_results, majority_verdict,
-                              make_jobs, plan_text, write_report, _convergence_verdict)
+from rzero.apps.bench.claims import _convergence_verdict, claims, compare, majority_verdict
+from rzero.apps.bench.plan import ABLATIONS, TABLE, BenchSettings, make_jobs, plan_text
+from rzero.apps.bench.report import load_results, write_report
 from rzero.cli.main import main
 
 
@@ -129,7 +130,8 @@ def test_a_quick_bench_refuses_a_full_bench_folder(tmp_path, capsys):
 
 def test_a_run_trained_with_an_older_preset_is_refused(tmp_path, capsys):
     """Runs are reused by name: after a preset changes, an old run must not pass as a new one."""
-    from rzero.apps.bench import _check_runs_match_presets, job_config
+    from rzero.apps.bench.job import job_config
+    from rzero.apps.bench.run import _check_runs_match_presets
     from rzero.config.io import save_config
 
     s = BenchSettings.quick()
