@@ -24,19 +24,11 @@ from rzero.utils.seeding import (
     image_generators,
     image_seed,
     make_generator,
-    rank_seed,
     randn_per_image,
 )
 from rzero.utils.stats import StatsLogger, read_jsonl
 
 # ------------------------------------------------------------------ seeding
-
-
-def test_rank_seed() -> None:
-    assert rank_seed(3, 0, 1) == 3
-    assert [rank_seed(5, r, 4) for r in range(4)] == [20, 21, 22, 23]
-    with pytest.raises(ValueError):
-        rank_seed(1, 4, 4)
 
 
 def test_make_generator_reproducible() -> None:

@@ -7,16 +7,10 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-__all__ = ["derived_generator", "image_generators", "image_seed", "make_generator", "rank_seed", "randn_per_image"]
+__all__ = ["derived_generator", "image_generators", "image_seed", "make_generator", "per_image_draws",
+           "randn_per_image"]
 
 _MASK63 = (1 << 63) - 1
-
-
-def rank_seed(seed: int, rank: int, world_size: int) -> int:
-    """Distinct seed for each process: ``seed * world_size + rank``."""
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not valid for world_size {world_size}")
-    return seed * world_size + rank
 
 
 def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:

@@ -88,7 +88,8 @@ def write_report(out: Path, docs: Path) -> Path:
               "renders (lower is better); diversity across seeds; NFE counts CFG twice; train s: training "
               "wall-clock.", "", _table(table_rows, TABLE_COLS), ""]
     lines += ["## Claims of SPEC 5", "",
-              "Verdicts by the rules in `rzero.apps.bench.claims` (`compare`, `majority_verdict`, `_convergence_verdict`): "
+              "Verdicts by the rules in `rzero.apps.bench.claims` (`compare`, `majority_verdict`, "
+              "`_convergence_verdict`): "
               "a difference counts when it exceeds both two standard errors and a per-metric tolerance "
               f"({ABS_TOL}).", ""]
     for c, verdict, ev in claims(res):
