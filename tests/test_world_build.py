@@ -139,3 +139,28 @@ def test_web_teacher_starts_from_the_exact_one_with_fresh_cross_attention(world_
     with torch.no_grad():
         assert torch.equal(fresh(x, t, encoder_hidden_states=a).sample, fresh(x, t, encoder_hidden_states=b).sample)
         assert not torch.allclose(exact(x, t, encoder_hidden_states=a).sample, exact(x, t, encoder_hidden_states=b).sample)
+
+
+def test_adversarial_training_is_off_by_default_and_hash_neutral():
+    """adv_eps 0 leaves every shipped stage's config hash as built; the perturbation stays in its
+    L2 ball and raises the loss it attacks."""
+    from rzero.world.build import _adversarial, _stage_hash
+
+    cfg = load_config(WorldBuildConfig, Path(__file__).resolve().parents[1] / "configs" / "world_build.yaml", [])
+    manifest = json.loads((Path(__file__).resolve().parents[1] / "src/rzero/world/assets/manifest.json").read_text())
+    assert _stage_hash(cfg, "clip") == manifest["assets"]["clip"]["config_hash"]
+    robust = load_config(WorldBuildConfig, None, ["clip.adv_eps=1.0"])
+    assert _stage_hash(robust, "clip") != _stage_hash(load_config(WorldBuildConfig, None, []), "clip")
+    with pytest.raises(ValueError, match="adv_eps"):
+        load_config(WorldBuildConfig, None, ["clip.adv_eps=-1"])
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 3, 8, 8, generator=g) * 1.6 - 0.8
+    w = torch.randn(3 * 64, generator=g)
+
+    def loss(x):
+        return (x.flatten(1) @ w).sum()
+
+    moved = _adversarial(images, loss, eps=0.5, steps=3)
+    assert float((moved - images).flatten(1).norm(dim=1).max()) <= 0.5 + 1e-5
+    assert float(loss(moved)) > float(loss(images))

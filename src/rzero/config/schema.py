@@ -69,12 +69,22 @@ class StageConfig:
     steps: int = 1000
     batch_size: int = 128
     lr: float = 1e-3
+    # L2 adversarial training (clip stage): each batch's images are first pushed by `adv_steps`
+    # normalized-gradient steps to raise the loss, within an L2 ball of radius `adv_eps` (images
+    # in [-1, 1]). 0: off, the shipped recipe. A robust reward has gradients that change what the
+    # image shows instead of invisible patterns (docs/decisions.md, "World v2").
+    adv_eps: float = 0.0
+    adv_steps: int = 1
 
     def __post_init__(self):
         _positive("steps", self.steps)
         _positive("batch_size", self.batch_size)
         _at_most("batch_size", self.batch_size, 65536)
         _positive("lr", self.lr)
+        if not 0 <= self.adv_eps <= 100:
+            raise ValueError(f"adv_eps must be in [0, 100], got {self.adv_eps}")
+        _positive("adv_steps", self.adv_steps)
+        _at_most("adv_steps", self.adv_steps, 100)
 
 
 @dataclass

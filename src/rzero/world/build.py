@@ -53,7 +53,8 @@ def _stage_hash(cfg: WorldBuildConfig, stage: str, exclude: tuple[str, ...] = ()
     stage_cfg = {k: v for k, v in to_dict(getattr(cfg, stage)).items() if k not in exclude + _RUN_ONLY}
     # Fields added with world v2 enter only when they differ from the exact-caption recipe, so the
     # shipped teacher's hash (and its "up to date" status) is the one it was built with.
-    for key, plain in (("captions", "exact"), ("init", ""), ("reset_cross_attention", False)):
+    for key, plain in (("captions", "exact"), ("init", ""), ("reset_cross_attention", False), ("adv_eps", 0.0),
+                       ("adv_steps", 1)):
         if stage_cfg.get(key, plain) == plain:
             stage_cfg.pop(key, None)
     d = {"seed": cfg.seed, "stage": stage, "cfg": stage_cfg, "pool": cfg.pool_size}
@@ -79,6 +80,21 @@ def _augment(images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     x = x * (1 - mix) + blurred * mix
     x = x * (0.9 + 0.2 * torch.rand(b, 1, 1, 1, generator=g))
     return x.clamp(-1, 1)
+
+
+def _adversarial(images: torch.Tensor, loss_of: Callable[[torch.Tensor], torch.Tensor], eps: float,
+                 steps: int) -> torch.Tensor:
+    """Images moved within an L2 ball of radius eps (per image) to raise `loss_of` (PGD)."""
+    def per_image_norm(t):
+        return t.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None]
+
+    delta = torch.zeros_like(images)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        grad, = torch.autograd.grad(loss_of((images + delta).clamp(-1, 1)), delta)
+        delta = delta.detach() + (2.5 * eps / steps) * grad / per_image_norm(grad)
+        delta = delta * (eps / per_image_norm(delta)).clamp(max=1.0)
+    return (images + delta).clamp(-1, 1).detach()
 
 
 def _tail_mean(values: list[float], n: int = 50) -> float:
@@ -175,17 +191,22 @@ def train_clip(cfg: WorldBuildConfig, pool: PromptPool) -> tuple[nn.Module, dict
     def loss_fn(g):
         idx, _, _, images = _pool_batch(pool, c.batch_size, g)
         states, mask = pool.text(idx)
-        img = model.embed_images(_augment(images, g))
-        txt = model.embed_text(states, mask)
-        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T  # (B, B)
         # Identical prompts in a batch are all positives (soft targets), not false negatives.
         prompts = [pool.prompts[i] for i in idx.tolist()]
         ids = {p: k for k, p in enumerate(dict.fromkeys(prompts))}
         key = torch.tensor([ids[p] for p in prompts])
         same = (key[:, None] == key[None, :]).float()
         target = same / same.sum(1, keepdim=True)
-        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-        return loss, {}
+
+        def contrastive(images, txt):
+            logits = model.logit_scale.exp().clamp(max=100) * model.embed_images(images) @ txt.T  # (B, B)
+            return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+        images = _augment(images, g)
+        if c.adv_eps > 0:
+            txt = model.embed_text(states, mask).detach()
+            images = _adversarial(images, lambda x: contrastive(x, txt), c.adv_eps, c.adv_steps)
+        return contrastive(images, model.embed_text(states, mask)), {}
 
     losses = _train_loop(model, c, "clip", cfg.seed, loss_fn)
     return model, {"final_loss": _tail_mean(losses), **_ranking_metrics(pool, cfg.seed + 3,
