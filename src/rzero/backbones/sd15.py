@@ -14,7 +14,7 @@ states (D = 768 SD1.x, 1024 SD2); images (B, 3, H, W) in [-1, 1], not clamped by
 
 Precision: every network is cast to `dtype`; the sampler state (latents, eta, noise) stays
 float32 and is cast at the network boundary, so a bf16 backbone does not round the
-few-step recursion. A trainer may later upcast the trainable weights (see losses/lora.py).
+few-step recursion. A trainer may later upcast the trainable weights (see backbones/lora.py).
 """
 
 from __future__ import annotations
