@@ -8,6 +8,7 @@ training curves. Training resumes if the run folder already has checkpoints.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from ..eval.plots import plot_curves
 from ..eval.report import eval_markdown, save_grid, write_json
 from ..eval.world_eval import evaluate_world, generator_source, real_source, render_real, teacher_source
 from ..world.prompts import GRID_SEED, fixed_prompts
+from ..world.scene import match
 
 PRESET = Path(__file__).resolve().parents[3] / "configs" / "world_r0.yaml"
 
@@ -29,6 +31,52 @@ def _train_config(quick: bool, preset: Path | None) -> TrainConfig:
         return load_config(TrainConfig, preset, overrides)
     # Installed without the repository's configs/: TrainConfig's defaults mirror world_r0.yaml.
     return load_config(TrainConfig, None, overrides)
+
+
+def teacher_failures(teacher, r0, out: Path, seeds: int = 4, candidates: int = 12, keep: int = 6) -> list[dict]:
+    """Fixed L3/L4 prompts on which the teacher fails at least half of `seeds` draws (inspector);
+    writes grid_failures_teacher.png and grid_failures_r0.png (same prompts and seeds, one row
+    per prompt) and returns per prompt how many draws each model got right."""
+    from ..world.evaluators import read_scenes
+    from ..world.loaders import load_world_network
+
+    inspector = load_world_network("inspector")
+    prompts, specs = fixed_prompts(per_level=candidates, levels=(3, 4))
+    hard = list(range(len(prompts)))
+    rows = torch.tensor(hard).repeat_interleave(seeds)
+    grid_specs, grid_prompts = specs.index(rows), [prompts[i] for i in rows.tolist()]
+    # Image indices past the main grid's, so these draws are not the main grid's.
+    idx = list(range(10_000, 10_000 + len(grid_prompts)))
+
+    def correct(images):
+        return match(grid_specs, read_scenes(inspector, images))["all_correct"].view(len(hard), seeds).sum(1)
+
+    t_images = teacher.generate(grid_prompts, grid_specs, idx)
+    t_ok = correct(t_images)
+    chosen = [k for k in range(len(hard)) if int(t_ok[k]) * 2 <= seeds][:keep]
+    if not chosen:
+        return []
+    r_images = r0.generate(grid_prompts, grid_specs, idx)
+    r_ok = correct(r_images)
+    pick = torch.tensor([k * seeds + s for k in chosen for s in range(seeds)])
+    save_grid(t_images[pick], out / "grid_failures_teacher.png", nrow=seeds, upscale=3)
+    save_grid(r_images[pick], out / "grid_failures_r0.png", nrow=seeds, upscale=3)
+    return [{"prompt": prompts[hard[k]], "teacher": int(t_ok[k]), "r0": int(r_ok[k]), "seeds": seeds} for k in chosen]
+
+
+def _failure_section(failures: list[dict]) -> str:
+    if not failures:
+        return ("\n## Where the teacher fails\n\nThe teacher gets every candidate L3/L4 grid prompt right on at "
+                "least half of its draws; nothing to show.\n")
+    lines = "\n".join(f"{i + 1}. {f['prompt']} (all correct: teacher {f['teacher']}/{f['seeds']}, "
+                       f"R0 {f['r0']}/{f['seeds']})" for i, f in enumerate(failures))
+    t = sum(f["teacher"] for f in failures)
+    r = sum(f["r0"] for f in failures)
+    n = sum(f["seeds"] for f in failures)
+    return ("\n## Where the teacher fails (fixed L3/L4 prompts, same seeds; inspector verdicts)\n\n" + lines
+            + f"\n\nAll correct on these prompts: teacher {t}/{n}, R0 {r}/{n}.\n\n"
+            "| teacher, 25 steps + CFG 7.5 | R0, 4 steps |\n|---|---|\n"
+            "| ![teacher](grid_failures_teacher.png) | ![r0](grid_failures_r0.png) |\n")
 
 
 def run_demo(out: Path, quick: bool = False, preset: Path | None = PRESET) -> Path:
@@ -55,6 +103,11 @@ def run_demo(out: Path, quick: bool = False, preset: Path | None = PRESET) -> Pa
     for src in sources:
         images = render_real(grid_specs, GRID_SEED, idx) if src is sources[0] else src.generate(grid_prompts, grid_specs, idx)
         save_grid(images, out / f"grid_{names[src.name]}.png", nrow=seeds, upscale=3)
+
+    # 2b) Where the teacher is wrong: fixed L3/L4 prompts whose teacher images the inspector
+    # reads as wrong, teacher and R0 side by side on the same seeds.
+    failures = teacher_failures(sources[1], sources[2], out, seeds=seeds)
+    (out / "teacher_failures.json").write_text(json.dumps(failures, indent=2) + "\n")
 
     # 3) The evaluation protocol on each.
     rows = {}
@@ -83,7 +136,7 @@ def run_demo(out: Path, quick: bool = False, preset: Path | None = PRESET) -> Pa
         + "\n".join(f"- {k}: teacher {t[k]:.3f}, R0 {r[k]:.3f} ({r[k] - t[k]:+.3f})"
                     for k in ("acc_L1", "acc_L2", "acc_L3", "acc_L4", "acc_heldout", "world_fid", "diversity"))
         + f"\n- ms/image: teacher {t['ms_per_image']:.1f} (NFE {t['nfe']}), R0 {r['ms_per_image']:.1f} "
-          f"(NFE {r['nfe']})\n\n## Training curves\n\n![curves](curves.png)\n"
+          f"(NFE {r['nfe']})\n" + _failure_section(failures) + "\n## Training curves\n\n![curves](curves.png)\n"
     )
     path = out / "report.md"
     path.write_text(report)

@@ -80,11 +80,11 @@ def random_templates(n: int, g: torch.Generator) -> torch.Tensor:
 GRID_SEED = 2024
 
 
-def fixed_prompts(per_level: int = 2) -> tuple[list[str], Specs]:
+def fixed_prompts(per_level: int = 2, levels: tuple[int, ...] = LEVELS) -> tuple[list[str], Specs]:
     """The fixed grid prompts of the demo and the trainers' sample grids: `per_level` per level."""
     g = torch.Generator().manual_seed(GRID_SEED)
     prompts, picked = [], []
-    for lv in LEVELS:
+    for lv in levels:
         # Draw a pool and keep the first distinct prompts: L1 has few combinations, and a grid
         # showing "a triangle" twice wastes a row.
         pool = sample_specs(16 * per_level, lv, g)
