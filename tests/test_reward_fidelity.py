@@ -33,7 +33,7 @@ from rzero.rewards.clip_common import OPENAI_MEAN, OPENAI_STD, clip_preprocess, 
 from rzero.rewards.golden import PROMPTS, golden_images, pil_to_tensor
 from rzero.rewards.imagereward import IMAGEREWARD_MEAN, IMAGEREWARD_STD
 from rzero.utils.io import AssetError
-from tiny_sd import write_clip_tokenizer
+from tiny_sd import tiny_hf_clip_config, write_clip_tokenizer
 
 open_clip = pytest.importorskip("open_clip")
 transformers = pytest.importorskip("transformers")
@@ -210,14 +210,7 @@ def hf_clip_dir(tmp_path_factory):
     """A tiny transformers CLIPModel folder at 224 px, logit scale ln(100) as in the real ones."""
     d = tmp_path_factory.mktemp("hf_clip")
     tok = transformers.CLIPTokenizer.from_pretrained(write_clip_tokenizer(d))
-    eos = tok.convert_tokens_to_ids("<|endoftext|>")
-    cfg = transformers.CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=77, eos_token_id=eos, pad_token_id=eos,
-                         bos_token_id=eos - 1),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=224, patch_size=32),
-        projection_dim=16)
+    cfg = tiny_hf_clip_config(tok, image_size=224, patch_size=32, projection_dim=16)
     torch.manual_seed(1)
     model = transformers.CLIPModel(cfg)
     with torch.no_grad():

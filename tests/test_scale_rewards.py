@@ -22,6 +22,7 @@ from rzero.rewards.aesthetic import AestheticHead
 from rzero.rewards.clip_common import clip_preprocess
 from rzero.rewards.imagereward import IMAGEREWARD_MEAN, IMAGEREWARD_STD, map_original_keys
 from rzero.utils.io import AssetError, atomic_save_safetensors
+from tiny_sd import tiny_hf_clip_config
 
 from reward_contract import check_reward_contract, world_batch
 
@@ -75,14 +76,7 @@ def hf_clip_dir(tmp_path_factory, clip_tokenizer_dir):
     """A tiny transformers CLIPModel folder (with the tokenizer next to it)."""
     d = tmp_path_factory.mktemp("hf_clip")
     tok = transformers.AutoTokenizer.from_pretrained(clip_tokenizer_dir)
-    eos = tok.convert_tokens_to_ids("<|endoftext|>")
-    cfg = transformers.CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=77, eos_token_id=eos, pad_token_id=eos,
-                         bos_token_id=eos - 1),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=D)
+    cfg = tiny_hf_clip_config(tok, image_size=32, patch_size=8, projection_dim=D)
     torch.manual_seed(1)
     transformers.CLIPModel(cfg).save_pretrained(d)
     tok.save_pretrained(d)

@@ -60,6 +60,20 @@ def write_clip_tokenizer(folder: str | Path) -> Path:
 VOCAB_SIZE = 2 * 256 + len(MERGES) + len(SPECIAL)
 
 
+def tiny_hf_clip_config(tokenizer, image_size: int, patch_size: int, projection_dim: int):
+    """A transformers CLIPConfig of one tiny layer per tower around `tokenizer` (eos doubles as pad)."""
+    from transformers import CLIPConfig
+
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    return CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=77, eos_token_id=eos, pad_token_id=eos,
+                         bos_token_id=eos - 1),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=image_size, patch_size=patch_size),
+        projection_dim=projection_dim)
+
+
 def clip_tokenizer(folder: str | Path):
     from transformers import CLIPTokenizer
 
