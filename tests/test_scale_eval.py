@@ -188,6 +188,7 @@ def test_protocol_reports_styles_files_coco_and_timing(tiny_sd15, bench, redness
     assert m["hps_benchmark"]["mean"][redness] == pytest.approx(sum(styles) / 4)
     assert set(m["prompt_files"]) == {"prompts"} and set(m["prompt_files"]["prompts"]) == {redness}
     assert m["coco"]["num_images"] == 2 and np.isfinite(m["coco"]["fid"]) and m["coco"]["fid"] > 0
+    assert m["coco"]["fid_mode"] == "clean"
     assert m["num_images"] == 4 * 2 + 2 + 2 and m["nfe"] == 1 and m["ms_per_image"] > 0
     # a style's number is the mean over its own images: prompt index i always gets the same seed
     images = scale_eval.base_source(cfg).generate(["a anime cat", "a anime ünïcode house 0"], [0, 1])

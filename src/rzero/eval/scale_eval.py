@@ -296,14 +296,14 @@ def evaluate_scale(source: ScaleSource, cfg: EvalConfig, rewards: dict | None = 
             n_images, seconds = n_images + len(prompts), seconds + sec
 
     if inputs.coco:
-        from .inception import load_fid_inception
+        from .inception import FID_MODE, load_fid_inception
 
         inception = load_fid_inception(sc.inception, source.device) if inception is None else inception
         means, feats, sec = run_prompt_set(source, inputs.coco, "COCO", sc.batch_size, rewards, inception)
         n_images, seconds = n_images + len(inputs.coco), seconds + sec
         ref = reference_features(inception, inputs.coco_images)
         out["coco"] = {"fid": frechet_distance(feats, ref), "num_images": len(inputs.coco), "rewards": means,
-                       "inception": str(sc.inception),
+                       "inception": str(sc.inception), "fid_mode": FID_MODE,
                        "resize": "uint8 (PNG values) -> per-channel float PIL bicubic to 299x299, no crop (clean-fid)"}
 
     out["nfe"] = source.nfe
