@@ -53,6 +53,7 @@ from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))  # tiny_sd: the fake LoRA run the export cases write into
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["TQDM_DISABLE"] = "1"
@@ -62,6 +63,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)  # see the module docstring: no OpenMP pool before fork
 
 from rzero.cli.main import main as rzero_main  # noqa: E402
+from tiny_sd import write_fake_lora_run  # noqa: E402
 
 
 def _preload() -> None:
@@ -142,7 +144,7 @@ class Shared:
                                                    "--assets", str(self.assets), "iterations=2", *TINY]), 900)
         if code != 0:
             raise SystemExit(f"fuzz: building the base run failed ({code}):\n{err[-3000:]}")
-        _fake_lora_run(self.lora_run, self.dir / "lora_base")
+        write_fake_lora_run(self.lora_run, self.dir / "lora_base")
 
     def signature(self) -> dict[str, tuple]:
         """(size, mtime, mode, link target) of everything under shared/ and the fuzz root's top level."""
@@ -154,25 +156,6 @@ class Shared:
                 sig[p] = (st.st_size, st.st_mtime_ns, st.st_mode, os.readlink(p) if stat.S_ISLNK(st.st_mode) else "")
         sig["<top>"] = tuple(sorted(os.listdir(self.root)))
         return sig
-
-
-def _fake_lora_run(run_dir: Path, base: Path) -> None:
-    """An sd15 LoRA snapshot complete enough for `rzero export --format lora` to reach its writes."""
-    from rzero.utils.io import atomic_save_safetensors
-
-    (base / "scheduler").mkdir(parents=True)
-    (base / "scheduler" / "scheduler_config.json").write_text(json.dumps({
-        "_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
-        "beta_schedule": "scaled_linear"}))
-    (run_dir / "final").mkdir(parents=True)
-    atomic_save_safetensors({"down.to_q.lora_A.default.weight": torch.zeros(4, 8),
-                             "down.to_q.lora_B.default.weight": torch.zeros(8, 4)},
-                            run_dir / "final" / "generator.safetensors")
-    (run_dir / "final" / "generator.json").write_text(json.dumps({
-        "method": "r0", "backbone": "sd15", "steps": 4, "timesteps": [999, 749, 499, 249], "renoise": "mix",
-        "inference_eta": 0.0, "backbone_path": str(base), "backbone_dtype": "float32",
-        "lora": {"rank": 4, "alpha": 4.0, "target_modules": ["to_q"]}}))
-    (run_dir / "stats.jsonl").write_text('{"step": 1, "time": 1.0}\n')
 
 
 def copy_run(src: Path, dst: Path) -> Path:

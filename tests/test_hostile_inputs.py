@@ -24,6 +24,7 @@ import rzero.trainers as trainers
 from rzero.utils.io import atomic_save_safetensors
 from test_cli import run
 from test_reliability import ToyTrainer
+from tiny_sd import write_fake_lora_run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TOY = ["threads=1", "track_every=0", "sample_every=1000", "log_every=1", "checkpoint_every=1", "ema_decay=0.5"]
@@ -569,23 +570,7 @@ def test_deeply_nested_override_is_one_line(capsys):
 
 
 def fake_lora_snapshot(tmp_path: Path) -> Path:
-    """A LoRA snapshot of an sd15 run, complete enough for `export --format lora` to reach its writes."""
-    base = tmp_path / "base"
-    (base / "scheduler").mkdir(parents=True)
-    (base / "scheduler" / "scheduler_config.json").write_text(json.dumps({
-        "_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
-        "beta_schedule": "scaled_linear"}))
-    run_dir = tmp_path / "run"
-    (run_dir / "final").mkdir(parents=True)
-    atomic_save_safetensors({"down.to_q.lora_A.default.weight": torch.zeros(4, 8),
-                             "down.to_q.lora_B.default.weight": torch.zeros(8, 4)},
-                            run_dir / "final" / "generator.safetensors")
-    (run_dir / "final" / "generator.json").write_text(json.dumps({
-        "method": "r0", "backbone": "sd15", "steps": 4, "timesteps": [999, 749, 499, 249], "renoise": "mix",
-        "inference_eta": 0.0, "backbone_path": str(base), "backbone_dtype": "float32",
-        "lora": {"rank": 4, "alpha": 4.0, "target_modules": ["to_q"]}}))
-    (run_dir / "stats.jsonl").write_text('{"step": 1, "time": 1.0}\n')
-    return run_dir
+    return write_fake_lora_run(tmp_path / "run", tmp_path / "base")
 
 
 @pytest.mark.parametrize("into", ["run", "run/final", "."])

@@ -211,3 +211,24 @@ class Redness(Reward):
 
     def score(self, images, prompts):
         return images[:, 0].mean((1, 2)) - images[:, 1:].mean((1, 2, 3))
+
+
+def write_fake_lora_run(run_dir: Path, base: Path) -> Path:
+    """An sd15 LoRA run (final/ snapshot, stats) over a base folder holding only a scheduler
+    config: complete enough for `rzero export --format lora` to reach its writes."""
+    from rzero.utils.io import atomic_save_safetensors
+
+    (base / "scheduler").mkdir(parents=True)
+    (base / "scheduler" / "scheduler_config.json").write_text(json.dumps({
+        "_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+        "beta_schedule": "scaled_linear"}))
+    (run_dir / "final").mkdir(parents=True)
+    atomic_save_safetensors({"down.to_q.lora_A.default.weight": torch.zeros(4, 8),
+                             "down.to_q.lora_B.default.weight": torch.zeros(8, 4)},
+                            run_dir / "final" / "generator.safetensors")
+    (run_dir / "final" / "generator.json").write_text(json.dumps({
+        "method": "r0", "backbone": "sd15", "steps": 4, "timesteps": [999, 749, 499, 249], "renoise": "mix",
+        "inference_eta": 0.0, "backbone_path": str(base), "backbone_dtype": "float32",
+        "lora": {"rank": 4, "alpha": 4.0, "target_modules": ["to_q"]}}))
+    (run_dir / "stats.jsonl").write_text('{"step": 1, "time": 1.0}\n')
+    return run_dir
