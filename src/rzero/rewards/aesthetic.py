@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from .clip_common import ScaleReward, build_clip, full_precision, load_state_dict_file, load_strict, resolve_file
+from ..utils.io import load_checked
+from .clip_common import ScaleReward, build_clip, full_precision, load_state_dict_file, resolve_file
 
 AESTHETIC_HEAD_FILES = ("aesthetic-model.pth", "sac+logos+ava1-l14-linearMSE.pth")
 AESTHETIC_HEAD_HUB_ID = "trl-lib/ddpo-aesthetic-predictor"
@@ -60,7 +61,7 @@ class AestheticReward(ScaleReward):
                                  option="head")
         sd = load_state_dict_file(head_file)
         self.head = AestheticHead(int(sd["layers.0.weight"].shape[1]) if "layers.0.weight" in sd else 768)
-        load_strict(self.head, sd, head_file)
+        load_checked(self.head, sd, head_file)
         self.place(device, dtype)
 
     def score(self, images, prompts):

@@ -214,13 +214,6 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
 
 
-def load_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], path, ignore=()) -> list[str]:
-    """Load a released checkpoint: missing keys or wrong shapes are a one-line AssetError; keys
-    the module does not have are skipped and reported in one logged line (the official loaders
-    use strict=False). Returns the skipped keys. (`rzero.utils.io.load_checked`.)"""
-    return load_checked(module, sd, path, ignore)
-
-
 # ----------------------------------------------------------------------- encoders
 
 
@@ -235,7 +228,7 @@ class OpenClipEncoder(torch.nn.Module):
         except RuntimeError as e:
             raise ValueError(f"unknown open_clip architecture '{arch}' ({e})") from e
         if weights is not None:
-            load_strict(self.model, load_state_dict_file(weights), weights)
+            load_checked(self.model, load_state_dict_file(weights), weights)
         self.logit_scale_fp32 = float(self.model.logit_scale.detach().float().exp())  # before any bf16 cast
         self.tokenizer = open_clip.get_tokenizer(arch)
         cfg = open_clip.get_model_config(arch) or {}

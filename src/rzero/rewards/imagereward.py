@@ -36,8 +36,8 @@ import re
 import torch
 
 from .aesthetic import AestheticHead
-from ..utils.io import AssetError
-from .clip_common import (ScaleReward, from_pretrained, full_precision, lazy_import, load_state_dict_file, load_strict,
+from ..utils.io import AssetError, load_checked
+from .clip_common import (ScaleReward, from_pretrained, full_precision, lazy_import, load_state_dict_file,
                           resolve_file, resolve_folder)
 
 IMAGEREWARD_HUB_ID = "THUDM/ImageReward"
@@ -134,7 +134,7 @@ class ImageRewardReward(ScaleReward):
             raise AssetError(f"{self.name}: tokenizer '{tokenizer}' has {len(self.tokenizer)} tokens, more than the "
                              f"text encoder's {tcfg.vocab_size}; use the bert-base-uncased tokenizer")
 
-        load_strict(self, map_original_keys(load_state_dict_file(weights)), weights)
+        load_checked(self, map_original_keys(load_state_dict_file(weights)), weights)
         self.place(device, dtype)
 
     def score(self, images, prompts):
