@@ -15,6 +15,7 @@ the pretrained denoiser first, then `self.denoiser`, the network it trains) and 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from pathlib import Path
 
@@ -108,16 +109,24 @@ class RewardTrainer(Trainer):
         return self.denoiser
 
     # ------------------------------------------------------------ grid, tracking, snapshot
+    @contextlib.contextmanager
+    def _eval_mode(self):
+        """The model in eval mode for a grid or an evaluation, then back in the mode it was in."""
+        was = self.model.training
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train(was)
+
     @torch.no_grad()
     def sample_grid(self, path: Path) -> None:
         prompts, seeds = grid_prompts(self.cfg.backbone, self.cfg.prompt_file)
         prompts = [p for p in prompts for _ in range(seeds)]
         noise = randn_per_image(self.backbone.latent_shape, 0, range(len(prompts))).to(self.device)
-        was = self.model.training
-        self.model.eval()
-        images = self.generator.sample(prompts, noise, self.cfg.generator.inference_eta,
-                                       generator=torch.Generator().manual_seed(0))
-        self.model.train(was)
+        with self._eval_mode():
+            images = self.generator.sample(prompts, noise, self.cfg.generator.inference_eta,
+                                           generator=torch.Generator().manual_seed(0))
         save_grid(images.cpu(), path, nrow=seeds, upscale=max(1, 96 // images.shape[-1]))
 
     @torch.no_grad()
@@ -131,28 +140,23 @@ class RewardTrainer(Trainer):
             return self.generator.sample(prompts, noise, self.cfg.generator.inference_eta,
                                          generator=torch.Generator().manual_seed(0)).cpu()  # evaluators: CPU
 
-        was = self.model.training
-        self.model.eval()
-        out = quick_world_eval(generate, self.cfg.track_prompts, asset_dir=self.asset_dir)
-        self.model.train(was)
-        return out
+        with self._eval_mode():
+            return quick_world_eval(generate, self.cfg.track_prompts, asset_dir=self.asset_dir)
 
     @torch.no_grad()
     def _track_rewards(self) -> dict[str, float]:
         """sd15/sd3 curves: each training reward's mean on a fixed, seeded prompt subset, one image
         per prompt with per-image noise (the same images for the same weights, whatever the batch)."""
         prompts = self._tracking_prompts()
-        was = self.model.training
-        self.model.eval()
         sums = dict.fromkeys(self.reward.rewards, 0.0)
-        for start in range(0, len(prompts), self.cfg.batch_size):
-            idx = range(start, min(start + self.cfg.batch_size, len(prompts)))
-            batch = [prompts[i] for i in idx]
-            noise, gens = per_image_draws(self.backbone.latent_shape, TRACK_SEED, idx, self.device)
-            images = self.generator.sample(batch, noise, self.cfg.generator.inference_eta, generator=gens)
-            for name, reward in self.reward.rewards.items():
-                sums[name] += float(reward(images, batch).sum())
-        self.model.train(was)
+        with self._eval_mode():
+            for start in range(0, len(prompts), self.cfg.batch_size):
+                idx = range(start, min(start + self.cfg.batch_size, len(prompts)))
+                batch = [prompts[i] for i in idx]
+                noise, gens = per_image_draws(self.backbone.latent_shape, TRACK_SEED, idx, self.device)
+                images = self.generator.sample(batch, noise, self.cfg.generator.inference_eta, generator=gens)
+                for name, reward in self.reward.rewards.items():
+                    sums[name] += float(reward(images, batch).sum())
         return {f"reward_{name}": total / len(prompts) for name, total in sums.items()}
 
     def _tracking_prompts(self) -> list[str]:
