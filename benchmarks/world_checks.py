@@ -59,6 +59,9 @@ def reward_ranking(n: int, seed: int) -> dict:
     return out
 
 
+ASCENT_LR = 0.02  # Adam on pixels in [-1, 1]
+
+
 def reward_ascent(names: tuple[str, ...], n: int, seed: int, steps: int, asset_dir=None) -> dict:
     """Pixel ascent on each reward from the 4-step web teacher's samples; inspector before/after."""
     from rzero.config.schema import EvalConfig
@@ -74,16 +77,16 @@ def reward_ascent(names: tuple[str, ...], n: int, seed: int, steps: int, asset_d
 
     g = torch.Generator().manual_seed(seed)
     source = teacher_source(EvalConfig(teacher="teacher_web", steps=4, cfg=1.0))
-    out = {"steps": steps, "lr": 0.02, "images_per_level": n}
+    rewards = {name: make_reward(name, asset_dir=asset_dir) for name in names}
+    out = {"steps": steps, "lr": ASCENT_LR, "images_per_level": n}
     for lv in (3, 4):
         specs = sample_specs(n, lv, g)
         prompts = describe(specs, random_templates(n, g))
         start = source.generate(prompts, specs, list(range(n)))
         out[f"L{lv}_start"] = accuracy(specs, start)
-        for name in names:
-            reward = make_reward(name, asset_dir=asset_dir) if asset_dir else make_reward(name)
+        for name, reward in rewards.items():
             x = start.clone().requires_grad_(True)
-            opt = torch.optim.Adam([x], lr=0.02)
+            opt = torch.optim.Adam([x], lr=ASCENT_LR)
             for _ in range(steps):
                 loss = -reward(x, prompts).mean()
                 opt.zero_grad()
@@ -110,24 +113,21 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    if args.ascent_only:
-        result = {"ascent": reward_ascent(("world-clip", "world-judge"), args.ascent_n, args.seed + 2,
-                                          args.ascent_steps, args.assets or None), "assets": args.assets or "package"}
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-        print(json.dumps(result, indent=2))
-        return
-    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
-    specs = sample_specs(64, 4, torch.Generator().manual_seed(0))
-    scenes = complete_specs(specs, torch.Generator().manual_seed(0))
-    result = {
-        "inspector_on_real_renders": evaluate_inspector_on_renders(load_world_network("inspector"), args.seed, args.n),
-        "reward_ranking": reward_ranking(args.n, args.seed + 1),
-        "renderer_deterministic": bool(torch.equal(render(scenes, g1), render(scenes, g2))),
-    }
-    if args.ascent:
+    result = {}
+    if not args.ascent_only:
+        g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+        specs = sample_specs(64, 4, torch.Generator().manual_seed(0))
+        scenes = complete_specs(specs, torch.Generator().manual_seed(0))
+        result = {
+            "inspector_on_real_renders": evaluate_inspector_on_renders(load_world_network("inspector"), args.seed,
+                                                                       args.n),
+            "reward_ranking": reward_ranking(args.n, args.seed + 1),
+            "renderer_deterministic": bool(torch.equal(render(scenes, g1), render(scenes, g2))),
+        }
+    if args.ascent or args.ascent_only:
         result["ascent"] = reward_ascent(("world-clip", "world-judge"), args.ascent_n, args.seed + 2,
                                          args.ascent_steps, args.assets or None)
+        result["assets"] = args.assets or "package"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

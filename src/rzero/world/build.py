@@ -203,10 +203,10 @@ def train_clip(cfg: WorldBuildConfig, pool: PromptPool) -> tuple[nn.Module, dict
             return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
         images = _augment(images, g)
-        if c.adv_eps > 0:
-            txt = model.embed_text(states, mask).detach()
-            images = _adversarial(images, lambda x: contrastive(x, txt), c.adv_eps, c.adv_steps)
-        return contrastive(images, model.embed_text(states, mask)), {}
+        txt = model.embed_text(states, mask)
+        if c.adv_eps > 0:  # the attack moves only the images: the text side is a constant to it
+            images = _adversarial(images, lambda x: contrastive(x, txt.detach()), c.adv_eps, c.adv_steps)
+        return contrastive(images, txt), {}
 
     losses = _train_loop(model, c, "clip", cfg.seed, loss_fn)
     return model, {"final_loss": _tail_mean(losses), **_ranking_metrics(pool, cfg.seed + 3,
