@@ -131,7 +131,7 @@ class FakeScore:
                 sync = i == n - 1 or not hasattr(self.trained, "no_sync")
                 with contextlib.nullcontext() if sync else self.trained.no_sync():
                     loss = self.trained(x0, cond, uncond, gen)
-                    (loss if n == 1 else loss / n).backward()
+                    (loss / n).backward()
                 total += float(loss.detach())
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
