@@ -42,26 +42,29 @@ def teacher_failures(teacher, r0, out: Path, seeds: int = 4, candidates: int = 1
 
     inspector = load_world_network("inspector")
     prompts, specs = fixed_prompts(per_level=candidates, levels=(3, 4))
-    hard = list(range(len(prompts)))
-    rows = torch.tensor(hard).repeat_interleave(seeds)
-    grid_specs, grid_prompts = specs.index(rows), [prompts[i] for i in rows.tolist()]
+    rows = torch.arange(len(prompts)).repeat_interleave(seeds)
     # Image indices past the main grid's, so these draws are not the main grid's.
-    idx = list(range(10_000, 10_000 + len(grid_prompts)))
+    idx = list(range(10_000, 10_000 + len(rows)))
 
-    def correct(images):
-        return match(grid_specs, read_scenes(inspector, images))["all_correct"].view(len(hard), seeds).sum(1)
+    def correct(images, at: torch.Tensor):
+        picked = specs.index(rows[at])
+        return match(picked, read_scenes(inspector, images))["all_correct"].view(-1, seeds).sum(1)
 
-    t_images = teacher.generate(grid_prompts, grid_specs, idx)
-    t_ok = correct(t_images)
-    chosen = [k for k in range(len(hard)) if int(t_ok[k]) * 2 <= seeds][:keep]
+    everything = torch.arange(len(rows))
+    t_images = teacher.generate([prompts[i] for i in rows.tolist()], specs.index(rows), idx)
+    t_ok = correct(t_images, everything)
+    chosen = [k for k in range(len(prompts)) if int(t_ok[k]) * 2 <= seeds][:keep]
     if not chosen:
         return []
-    r_images = r0.generate(grid_prompts, grid_specs, idx)
-    r_ok = correct(r_images)
+    # R0 only on the chosen prompts, with the same per-image seeds (image index -> noise).
     pick = torch.tensor([k * seeds + s for k in chosen for s in range(seeds)])
+    r_images = r0.generate([prompts[i] for i in rows[pick].tolist()], specs.index(rows[pick]),
+                           [idx[i] for i in pick.tolist()])
+    r_ok = correct(r_images, pick)
     save_grid(t_images[pick], out / "grid_failures_teacher.png", nrow=seeds, upscale=3)
-    save_grid(r_images[pick], out / "grid_failures_r0.png", nrow=seeds, upscale=3)
-    return [{"prompt": prompts[hard[k]], "teacher": int(t_ok[k]), "r0": int(r_ok[k]), "seeds": seeds} for k in chosen]
+    save_grid(r_images, out / "grid_failures_r0.png", nrow=seeds, upscale=3)
+    return [{"prompt": prompts[k], "teacher": int(t_ok[k]), "r0": int(r), "seeds": seeds}
+            for k, r in zip(chosen, r_ok.tolist())]
 
 
 def _failure_section(failures: list[dict]) -> str:
