@@ -69,18 +69,26 @@ class StageConfig:
     steps: int = 1000
     batch_size: int = 128
     lr: float = 1e-3
-    # L2 adversarial training (clip stage): each batch's images are first pushed by `adv_steps`
-    # normalized-gradient steps to raise the loss, within an L2 ball of radius `adv_eps` (images
-    # in [-1, 1]). 0: off, the shipped recipe. A robust reward has gradients that change what the
-    # image shows instead of invisible patterns (docs/decisions.md, "World v2").
-    adv_eps: float = 0.0
-    adv_steps: int = 1
 
     def __post_init__(self):
         _positive("steps", self.steps)
         _positive("batch_size", self.batch_size)
         _at_most("batch_size", self.batch_size, 65536)
         _positive("lr", self.lr)
+
+
+@dataclass
+class ClipStageConfig(StageConfig):
+    """The world clip, optionally with L2 adversarial training: each batch's images are first
+    pushed by `adv_steps` normalized-gradient steps to raise the loss, within an L2 ball of
+    radius `adv_eps` (images in [-1, 1]). 0: off, the shipped recipe. Meant to give the reward
+    gradients that change what an image shows; measured, not yet (docs/decisions.md, "World v2")."""
+
+    adv_eps: float = 0.0
+    adv_steps: int = 1
+
+    def __post_init__(self):
+        super().__post_init__()
         if not 0 <= self.adv_eps <= 100:
             raise ValueError(f"adv_eps must be in [0, 100], got {self.adv_eps}")
         _positive("adv_steps", self.adv_steps)
@@ -196,7 +204,7 @@ class WorldBuildConfig:
     pool_size: int = 12000
     inspector: StageConfig = field(default_factory=lambda: StageConfig(steps=2000, batch_size=128, lr=2e-3))
     featnet: StageConfig = field(default_factory=lambda: StageConfig(steps=800, batch_size=128, lr=2e-3))
-    clip: StageConfig = field(default_factory=lambda: StageConfig(steps=1200, batch_size=256, lr=1e-3))
+    clip: ClipStageConfig = field(default_factory=lambda: ClipStageConfig(steps=1200, batch_size=256, lr=1e-3))
     judge: JudgeStageConfig = field(default_factory=lambda: JudgeStageConfig(steps=4000, batch_size=128, lr=1e-3))
     quality: StageConfig = field(default_factory=lambda: StageConfig(steps=600, batch_size=128, lr=2e-3))
     sharpness: StageConfig = field(default_factory=lambda: StageConfig(steps=600, batch_size=128, lr=2e-3))
