@@ -15,8 +15,9 @@ add the weight regularizer, backward, clip, AdamW. The rewards are the real rewa
 random weights at their real sizes (benchmarks/random_rewards.py); `--rewards none` puts a cheap
 image statistic in their place (the earlier measurement).
 
-FLOPs: torch.utils.flop_counter.FlopCounterMode counts the matmuls, convolutions and attention of
-one eager step (forward and backward). `model_flops_per_step` is the useful work: counted once at
+FLOPs: torch.utils.flop_counter's formulas (those of FlopCounterMode) count the matmuls,
+convolutions and attention of one eager step, forward and backward (FlopCount below: FlopCounterMode
+itself fails inside the rewards' autograd.grad, and misses the CPU's attention kernel). `model_flops_per_step` is the useful work: counted once at
 batch 1 without checkpointing and scaled by the batch (every counted op is per image), so
 recomputation does not count as work. `flops_per_step` is what this configuration executes
 (recomputation included). utilization = model FLOPs / step time / the device's dense bf16 peak
@@ -24,7 +25,7 @@ recomputation does not count as work. `flops_per_step` is what this configuratio
 an unknown GPU the peak is unknown and utilization is null.
 
 Levers (`--levers all` or a comma list; each toggled alone against the baseline, the preset's own
-settings, then the helpful ones combined):
+settings, then the helpful ones combined; they run in the order of LEVERS):
   batch            the per-GPU batch, halved and doubled
   checkpointing    none | call (each network call of the generator, as `generator.gradient_checkpointing`)
                    | block (inside the denoiser and VAE decoder, `backbone_gradient_checkpointing`)
@@ -35,8 +36,9 @@ settings, then the helpful ones combined):
   attention        sdpa (diffusers' default, torch picks flash / memory-efficient kernels) | plain (bmm + softmax)
   fused_adamw      torch.optim.AdamW(fused=True) instead of the default (foreach) implementation
   reward_dtype     bf16 (the presets; score heads stay fp32) | fp32
-  sampling         4-step sampling at batch 1: eager | channels_last | compile | cudagraph (compile with
-                   CUDA graphs, mode="reduce-overhead")
+  sampling         4-step sampling at batch 1: eager | cudagraph (torch.compile with CUDA graphs,
+                   mode="reduce-overhead") | compile (without graphs). Every eager training configuration
+                   also times eager sampling with its own levers (channels-last, attention).
 A lever that cannot run on this device is recorded as skipped with the reason, never faked.
 
 Time budget: --budget-s stops starting configurations once the time used plus the expected time of
@@ -79,10 +81,10 @@ PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H200", 989.4), 
 GIB = 2**30
 FIT_80GB_GIB = 76.0  # what an 80 GB card leaves for tensors: 74.5 GiB nominal minus a margin, see --memory-limit-gib
 
-LEVERS = ("batch", "checkpointing", "channels_last", "attention", "fused_adamw", "reward_dtype", "sampling",
-          "compile")
+# In the order they run: what likely matters most first, so that a tight budget cuts the least.
+LEVERS = ("checkpointing", "batch", "sampling", "compile", "channels_last", "fused_adamw", "attention", "reward_dtype")
 CHECKPOINTING = ("none", "call", "block", "call+block", "call-selective")
-SAMPLING = ("eager", "channels_last", "cudagraph", "compile")
+SAMPLING = ("eager", "cudagraph", "compile")
 # Expected wall time of one configuration when none of its kind has run yet (seconds, one H200).
 DEFAULT_COST_S = {"train": 30.0, "train-compiled": 180.0, "sample": 15.0, "sample-compiled": 90.0}
 
@@ -457,12 +459,10 @@ def run_train(bench: Bench, model: str, lv: TrainLevers, lora_rank: int, per_ima
         with FlopCount() as counter:  # also the eager warm-up (allocator, kernels)
             step(counter)
         rec["flops_per_step"] = counter.total
-        if lv.compile:
+        if lv.compile:  # (the counted eager step is the other configurations' warm-up)
             apply_network_levers(bb, False, "sdpa", "default")
             for _ in range(2):  # compilation, then the first call after it
                 step()
-        else:
-            step()
         med, times = median_time(step, device, bench.iters)
         model_flops = per_image["total"] * lv.batch
         rec.update(train_step_s=round(med, 4), train_step_s_all=[round(t, 4) for t in times],
@@ -509,7 +509,6 @@ def run_sample(bench: Bench, model: str, mode: str) -> dict:
     try:
         bb = make_backbone(model, bench.tiny, device, bench.dtype, False)
         rec["resolution"] = bb.image_size[0]
-        apply_network_levers(bb, mode == "channels_last", "sdpa", None)
         gen = FewStepGenerator(bb, 4).eval()
         noise = torch.randn((1, *bb.latent_shape), generator=torch.Generator().manual_seed(1)).to(device)
         with torch.no_grad(), autocast_for(device, bench.dtype), FlopCount() as counter:
@@ -624,7 +623,7 @@ def parse_levers(text: str) -> list[str]:
     bad = [n for n in names if n not in LEVERS]
     if bad:
         raise ValueError(f"unknown lever(s) {bad}; choose from {', '.join(LEVERS)}, 'all' or 'none'")
-    return names
+    return [n for n in LEVERS if n in names]  # LEVERS order: the order they run in
 
 
 def preset_baseline(model: str, batch: int | None) -> tuple[TrainLevers, int, list[str]]:
@@ -670,14 +669,15 @@ class Matrix:
         self.save()
         return rec
 
-    def sampling(self, model: str) -> None:
-        for mode in SAMPLING if "sampling" in self.levers else ("eager",):
+    def sampling(self, model: str, modes) -> None:
+        for mode in modes:
             kind = "sample-compiled" if mode in ("compile", "cudagraph") else "sample"
             self.run("sample", kind, {"model": model, "sampling": mode}, lambda: run_sample(self.bench, model, mode))
 
     def training(self, model: str, base: TrainLevers, rank: int, reward_names: list[str] | None,
-                 batches: list[int], then=()) -> None:
-        """Baseline, each lever alone, `then` (callables: the sampling), the compiled toggle, the combination."""
+                 batches: list[int], sample_models: list[str]) -> None:
+        """Baseline, then each lever alone in LEVERS order (the sampling modes where the sampling lever
+        stands), the combination, and last the sampling mode least likely to win (compile without graphs)."""
         bench, out = self.bench, self.out
         out.setdefault("baseline", {})[model] = dataclasses.asdict(base)
         flops = out.setdefault("model_flops_per_image", {})
@@ -704,15 +704,14 @@ class Matrix:
             self.run("train", "train-compiled" if lv.compile else "train",
                      {"model": model, "levers": dataclasses.asdict(lv), "role": role}, measure)
 
-        eager = [lv for lv in self.levers if lv != "compile"]
         train(base, "baseline")
-        for lv in toggles(base, eager, batches, bool(reward_names)):
-            train(lv, "toggle")
-        for fn in then:  # sampling before the compiled configurations: they cost the most
-            fn()
-        if "compile" in self.levers:
-            for lv in toggles(base, ["compile"], batches, bool(reward_names)):
-                train(lv, "toggle")
+        for lever in self.levers:
+            if lever == "sampling":
+                for m in sample_models:
+                    self.sampling(m, [mode for mode in SAMPLING if mode != "compile"])
+            else:
+                for lv in toggles(base, [lever], batches, bool(reward_names)):
+                    train(lv, "toggle")
         measured = [r for r in out["train"] if r["model"] == model]
         combo = combine(base, measured, bench.memory_limit_gib)
         if combo != base and all(TrainLevers(**r["levers"]) != combo for r in measured):
@@ -722,6 +721,8 @@ class Matrix:
             best = max(fits, key=lambda r: r["images_per_s"])
             out.setdefault("best", {})[model] = {k: best.get(k) for k in (
                 "levers", "images_per_s", "train_step_s", "utilization", "peak_reserved_gib")}
+        for m in sample_models:
+            self.sampling(m, ["compile"] if "sampling" in self.levers else ["eager"])
 
 
 def main(argv=None) -> int:
@@ -738,7 +739,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=None, help="baseline batch (default: the preset's; 2 with --tiny)")
     p.add_argument("--batches", type=int, nargs="+", default=None, help="batch lever values (default: half, double)")
     p.add_argument("--lora-rank", type=int, default=None, help="default: the preset's (tiny sd3: 4)")
-    p.add_argument("--iters", type=int, default=None, help="timed training steps (default 3 tiny, 5 full)")
+    p.add_argument("--iters", type=int, default=None, help="timed training steps (default 3)")
     p.add_argument("--sample-iters", type=int, default=None, help="timed samples (default 3 tiny, 10 full)")
     p.add_argument("--budget-s", type=float, default=None, help="stop starting configurations after this")
     p.add_argument("--memory-limit-gib", type=float, default=FIT_80GB_GIB,
@@ -773,19 +774,18 @@ def main(argv=None) -> int:
                    "R0 iteration without reward models (stand-in image statistic)",
            "train": [], "sample": [], "not_run": []}
     bench = Bench(args.tiny, device, torch.bfloat16 if device.type == "cuda" else torch.float32,
-                  args.iters or (3 if args.tiny else 5), args.sample_iters or (3 if args.tiny else 10), None,
+                  args.iters or 3, args.sample_iters or (3 if args.tiny else 10), None,
                   args.cpu_compile, peak, args.memory_limit_gib)
     matrix = Matrix(bench, Budget(args.budget_s, start, {} if args.tiny else DEFAULT_COST_S), out, Path(args.json),
                     levers, start)
-    then = [lambda m=m: matrix.sampling(m) for m in sample_models]
     for model in args.models:
         base, rank, reward_names = preset_baseline(model, args.batch or (2 if args.tiny else None))
         rank = args.lora_rank if args.lora_rank is not None else (4 if args.tiny and rank else rank)
         batches = args.batches or [max(1, base.batch // 2), base.batch * 2]
-        matrix.training(model, base, rank, reward_names if args.rewards == "preset" else None, batches, then)
-        then = []  # the sampling runs once, inside the first model's matrix
-    for fn in then:  # no model trained
-        fn()
+        matrix.training(model, base, rank, reward_names if args.rewards == "preset" else None, batches, sample_models)
+        sample_models = []  # the sampling runs once, inside the first model's matrix
+    for m in sample_models:  # no model trained
+        matrix.sampling(m, SAMPLING if "sampling" in levers else ["eager"])
     matrix.save()
     print(f"throughput: written to {args.json} ({out['elapsed_s']} s)")
     return 0
