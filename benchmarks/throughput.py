@@ -17,12 +17,13 @@ image statistic in their place (the earlier measurement).
 
 FLOPs: torch.utils.flop_counter's formulas (those of FlopCounterMode) count the matmuls,
 convolutions and attention of one eager step, forward and backward (FlopCount below: FlopCounterMode
-itself fails inside the rewards' autograd.grad, and misses the CPU's attention kernel). `model_flops_per_step` is the useful work: counted once at
-batch 1 without checkpointing and scaled by the batch (every counted op is per image), so
-recomputation does not count as work. `flops_per_step` is what this configuration executes
-(recomputation included). utilization = model FLOPs / step time / the device's dense bf16 peak
-(PEAK_BF16_TFLOPS, or --peak-tflops); `hardware_utilization` uses the executed FLOPs. On a CPU or
-an unknown GPU the peak is unknown and utilization is null.
+itself fails inside the rewards' autograd.grad, and misses the CPU's attention kernel).
+`model_flops_per_step` is the useful work: counted once at batch 1 without checkpointing and scaled
+by the batch (every counted op is per image), so recomputation does not count as work.
+`flops_per_step` is what this configuration executes (recomputation included). utilization = model
+FLOPs / step time / the device's dense bf16 peak (PEAK_BF16_TFLOPS, or --peak-tflops);
+`hardware_utilization` uses the executed FLOPs. On a CPU or an unknown GPU the peak is unknown and
+utilization is null.
 
 Levers (`--levers all` or a comma list; each toggled alone against the baseline, the preset's own
 settings, then the helpful ones combined; they run in the order of LEVERS):
@@ -725,6 +726,42 @@ class Matrix:
             self.sampling(m, ["compile"] if "sampling" in self.levers else ["eager"])
 
 
+def markdown_tables(res: dict) -> str:
+    """The training and sampling tables of docs/performance.md from a result JSON."""
+    def num(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    def memory(r):
+        return num(r.get("peak_memory_gib"), ".1f") + " / " + num(r.get("peak_reserved_gib"), ".1f") \
+            if "peak_memory_gib" in r else "-"
+
+    lines = ["| role | changed from the baseline | batch | step (s) | images/s | model TFLOP/step | utilization "
+             "| executed / model FLOPs | peak memory GiB (alloc / reserved) | 4-step eager sample (ms) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res["train"]:
+        changed = ", ".join(f"{k}={v}" for k, v in r.get("changed", {}).items()) or "(preset)"
+        if "images_per_s" not in r:
+            lines.append(f"| {r.get('role', '')} | {changed} | {r['batch']} | {r.get('error') or r.get('skipped')} "
+                         "| | | | | | |")
+            continue
+        util = "-" if r["utilization"] is None else f"{100 * r['utilization']:.1f} %"
+        lines.append(f"| {r['role']} | {changed} | {r['batch']} | {r['train_step_s']:.3f} | {r['images_per_s']:.2f} "
+                     f"| {r['model_flops_per_step'] / 1e12:.3g} | {util} "
+                     f"| {r['flops_per_step'] / r['model_flops_per_step']:.2f} | {memory(r)} "
+                     f"| {num(r.get('sample_4step_latency_ms'), '.1f')} |")
+    lines += ["", "| model | sampling | 4-step latency, batch 1 (ms) | TFLOP/image | peak memory GiB |",
+              "|---|---|---|---|---|"]
+    for r in res["sample"]:
+        if "sample_4step_latency_ms" not in r:
+            lines.append(f"| {r['model']} | {r['sampling']} | {r.get('error') or r.get('skipped')} | | |")
+            continue
+        lines.append(f"| {r['model']} {r['resolution']} px | {r['sampling']} | {r['sample_4step_latency_ms']:.1f} "
+                     f"| {r['flops_per_image'] / 1e12:.3g} | {memory(r)} |")
+    for r in res.get("not_run", []):
+        lines.append(f"\nnot run: {json.dumps({k: v for k, v in r.items() if k != 'reason'})} ({r['reason']})")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gpu-matrix", action="store_true",
@@ -749,7 +786,11 @@ def main(argv=None) -> int:
     p.add_argument("--device", default=None, help="default: cuda if available (full sizes need it), else cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=str(ROOT / "runs" / "bench" / "throughput.json"))
+    p.add_argument("--table", metavar="JSON", help="print the markdown tables of a result file and exit")
     args = p.parse_args(argv)
+    if args.table:
+        print(markdown_tables(json.loads(Path(args.table).read_text())))
+        return 0
     start = time.perf_counter()
     if args.gpu_matrix:
         args.models, args.levers = ["sd15"], "all"

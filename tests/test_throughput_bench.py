@@ -143,3 +143,5 @@ def test_tiny_matrix_with_the_preset_rewards(tmp_path):
     assert sample["eager"]["sample_4step_latency_ms"] > 0 and sample["eager"]["flops_per_image"] > 0
     assert sample["cudagraph"]["skipped"] == "skipped: needs CUDA (CUDA graphs)"
     assert sample["compile"]["skipped"].startswith("skipped: torch.compile on the CPU")
+    table = tp.markdown_tables(res)  # what docs/performance.md shows
+    assert table.count("\n| toggle | checkpointing=") == 4 and "skipped: needs CUDA" in table
