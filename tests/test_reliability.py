@@ -592,3 +592,43 @@ def test_second_train_on_a_live_run_folder_is_refused(tmp_path, capsys, monkeypa
     code = main(["train", "--out", str(out), "iterations=2", "threads=1", "track_every=0", "sample_every=1000",
                  "log_every=1", "ema_decay=0.5"])
     assert code == 0, capsys.readouterr().err
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
+
+
+def test_time_budget_snapshots_and_train_seconds_rows(tmp_path):
+    """`rzero bench` evaluates each run at several budgets: a snapshot when the training clock
+    first reaches each `snapshot_at_s`, a tracking row there, and the clock in every row."""
+    from rzero.trainers.engine import snapshot_dir
+
+    out = tmp_path / "run"
+    cfg = toy_cfg(iterations=1000, time_budget_s=0.45, snapshot_at_s=[0.12, 0.3], track_every=1000,
+                  checkpoint_every=1, keep_checkpoints=1000)
+    ToyTrainer(cfg, out, sleep=0.04, tracker=lambda it: {"acc_L1": 0.01 * it}).fit()
+    rows = _rows(out)
+    clock = [r["train_seconds"] for r in rows]
+    assert clock[0] == 0.0 and clock == sorted(clock) and clock[-1] >= 0.45
+    tracked = [r["step"] for r in rows if "track/acc_L1" in r]
+    for budget in (0.12, 0.3):
+        meta = json.loads((snapshot_dir(out, budget) / "generator.json").read_text())
+        first = next(r for r in rows if r["train_seconds"] >= budget)  # the iteration that reached it
+        assert meta["iteration"] == first["step"] and meta["train_seconds"] >= budget
+        assert first["step"] in tracked
+        assert (snapshot_dir(out, budget) / "generator.safetensors").is_file()
+    assert tracked[0] == 0 and tracked[-1] == rows[-1]["step"] and len(tracked) == 4  # start, 2 budgets, end
+
+    # A resume past the first budget does not redo its snapshot, and still takes the second.
+    first_at = json.loads((snapshot_dir(out, 0.12) / "generator.json").read_text())["iteration"]
+    resumed = tmp_path / "resumed"
+    step = f"step_{first_at:06d}"
+    shutil.copytree(out / "checkpoints" / step, resumed / "checkpoints" / step)
+    ToyTrainer(cfg, resumed, sleep=0.04).fit()
+    assert not snapshot_dir(resumed, 0.12).exists() and (snapshot_dir(resumed, 0.3) / "generator.json").is_file()
+
+
+@pytest.mark.parametrize("bad", [[0.0], [2.0, 1.0], [1.0, 1.0]])
+def test_snapshot_budgets_must_increase(bad):
+    with pytest.raises(ValueError, match="snapshot_at_s"):
+        toy_cfg(snapshot_at_s=bad)

@@ -498,6 +498,9 @@ class TrainConfig:
     # prompts) of which a fixed, seeded subset of track_prompts is scored by every training reward.
     track_prompt_file: str = ""
     time_budget_s: float = 0.0  # > 0: stop (checkpoint + snapshot) once training has used this much wall-clock
+    # Training wall-clock seconds (increasing) at which to also write an inference snapshot,
+    # snapshots/at_<s>s/: `rzero bench` evaluates each run at several budgets from these.
+    snapshot_at_s: list[float] = field(default_factory=list)
     max_consecutive_skips: int = 5  # steps with a non-finite loss/gradient are skipped; stop after this many in a row
     alarm_patience: int = 3  # reward-hacking alarm: train reward up, held-out score down N evals in a row; 0 off
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
@@ -547,6 +550,9 @@ class TrainConfig:
                              f"generator.steps ({self.generator.steps})")
         if self.time_budget_s < 0:
             raise ValueError(f"time_budget_s must be >= 0 (0: no limit), got {self.time_budget_s}")
+        if any(not t > 0 for t in self.snapshot_at_s) or any(
+                not b > a for a, b in zip(self.snapshot_at_s, self.snapshot_at_s[1:])):
+            raise ValueError(f"snapshot_at_s must be increasing seconds > 0, got {list(self.snapshot_at_s)}")
         if self.track_every < 0:
             raise ValueError(f"track_every must be >= 0, got {self.track_every}")
         if self.backbone_dtype not in ("float32", "bfloat16", "float16"):

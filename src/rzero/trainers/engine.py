@@ -15,6 +15,10 @@ Run directory layout:
     checkpoints/corrupt_step_*  checkpoints that failed verification, set aside on resume
     hacking_alarm.json          only when the reward-hacking alarm fired
     final/                      inference snapshot: generator.safetensors + generator.json + config.yaml
+    snapshots/at_<s>s/          the same, when training time first reached s (`snapshot_at_s`)
+
+Every logged row carries `train_seconds`, the training wall-clock so far (iterations only,
+carried across resumes): the time axis of `rzero bench`'s curves.
 """
 
 from __future__ import annotations
@@ -45,6 +49,11 @@ from ..utils.stats import StatsLogger
 from .alarm import RewardHackingAlarm
 
 CHECKPOINT_FORMAT = 2  # 2: state.json lists files with sha256; 1 (no "files"): accepted on resume
+
+
+def snapshot_dir(run_dir: Path, seconds: float) -> Path:
+    """Where the snapshot taken at `seconds` of training wall-clock (`snapshot_at_s`) goes."""
+    return Path(run_dir) / "snapshots" / f"at_{seconds:g}s"
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -286,17 +295,20 @@ class Trainer:
         bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=f"train {cfg.method}", unit="it",
                    dynamic_ncols=True, disable=not acc.is_main_process)
         try:
+            # Budgets already passed were snapshotted before the checkpoint this run resumed from.
+            self._snapshots_taken = sum(t <= self.train_seconds for t in cfg.snapshot_at_s)
             if self.iteration == 0:
                 self._sample_grid(self.out / "samples" / "step_000000.png")
                 tracked = self._track() if cfg.track_every else None
                 if tracked is not None:
-                    logger.log(0, {f"track/{k}": v for k, v in tracked.items()})
+                    logger.log(0, {**{f"track/{k}": v for k, v in tracked.items()}, "train_seconds": 0.0})
             while self.iteration < cfg.iterations:
                 started = time.perf_counter()
                 metrics, stepped = self._iteration()
                 self._after_step(stepped, metrics)
                 self.iteration += 1
                 self.train_seconds += time.perf_counter() - started
+                metrics["train_seconds"] = round(self.train_seconds, 3)
                 bar.update(1)
                 if self.consecutive_skips >= cfg.max_consecutive_skips:
                     logger.log(self.iteration, metrics)
@@ -315,7 +327,9 @@ class Trainer:
                 # last iteration does. Tracking time is not counted: it is evaluation, not training.
                 out_of_time = cfg.time_budget_s > 0 and self._any_rank(cfg.time_budget_s <= self.train_seconds)
                 last = self.iteration == cfg.iterations or out_of_time
-                tracking = cfg.track_every > 0 and (self.iteration % cfg.track_every == 0 or last)
+                due = self._due_snapshots()
+                # A tracking row at each snapshot too: the curve then has a point at every budget.
+                tracking = cfg.track_every > 0 and (self.iteration % cfg.track_every == 0 or last or bool(due))
                 tracked = self._track() if tracking else None
                 if tracked is not None:
                     metrics.update({f"track/{k}": v for k, v in tracked.items()})
@@ -325,6 +339,8 @@ class Trainer:
                     bar.set_postfix({k.split("/")[-1][:10]: f"{v:.3g}" for k, v in list(metrics.items())[:4]})
                 if self.iteration % cfg.sample_every == 0:
                     self._sample_grid(self.out / "samples" / f"step_{self.iteration:06d}.png")
+                for seconds in due:  # before the checkpoint: a resume past it never has to redo one
+                    self.save_snapshot(snapshot_dir(self.out, seconds))
                 if self.iteration % cfg.checkpoint_every == 0 or last:
                     self.save_checkpoint()
                 if out_of_time:
@@ -333,6 +349,16 @@ class Trainer:
         finally:
             bar.close()
             logger.close()
+
+    def _due_snapshots(self) -> list[float]:
+        """The `snapshot_at_s` budgets this iteration reached, in order. Rank 0's clock decides (the
+        ranks' clocks differ a little; under FSDP a snapshot is a collective every rank must join)."""
+        due, budgets = [], self.cfg.snapshot_at_s
+        while self._snapshots_taken < len(budgets) and self._any_rank(
+                self.accelerator.is_main_process and budgets[self._snapshots_taken] <= self.train_seconds):
+            due.append(budgets[self._snapshots_taken])
+            self._snapshots_taken += 1
+        return due
 
     # Sampling and tracking run on the main process only, except under FSDP: there every forward
     # pass is a collective (each block gathers its weights), so all ranks render and only the
@@ -610,9 +636,10 @@ class Trainer:
         """Drop stats rows logged after the resumed checkpoint: those iterations run again."""
         truncate_stats(self.out / "stats.jsonl", self.iteration)
 
-    def save_snapshot(self) -> Path:
-        """Inference snapshot: EMA weights (or the raw ones) + what is needed to sample."""
-        final = self.out / "final"
+    def save_snapshot(self, final: Path | None = None) -> Path:
+        """Inference snapshot in `final` (default out/final): EMA weights (or the raw ones) + what is
+        needed to sample."""
+        final = self.out / "final" if final is None else final
         ema = self._ema_state()
         weights = ema if ema is not None else self.trainable_state()  # collectives under FSDP
         if self.accelerator.is_main_process:
