@@ -21,8 +21,10 @@ def test_plan_counts_runs_and_fits_the_budgets():
     assert len({j.run_name for j in jobs}) == len(jobs)
     assert sum(j.preset is None for j in jobs) == full.seeds  # the teacher is only evaluated
     text, wall = plan_text(jobs, full)
-    assert "27 training runs" in text and wall <= 80 * 60
+    assert "29 training runs" in text and "3 evaluations" in text and wall <= 120 * 60
     assert plan_text(make_jobs(quick), quick)[1] <= 10 * 60
+    assert full.budgets() == [60.0, 150.0, 300.0] and quick.budgets() == [15.0, 30.0]
+    assert BenchSettings(time_budget_s=100.0).budgets() == [60.0, 100.0]  # budgets past the last are dropped
     assert full.seeds >= 3
     with pytest.raises(ValueError, match="unknown method"):
         make_jobs(full, ["nope"])

@@ -38,8 +38,10 @@ TABLE = [
     ("r0_noreg", "R0 without regularization", "world_r0_noreg.yaml"),
 ]
 
-# Ablations on R0 (world_r0.yaml): (group, name, label, preset, overrides). Each group's
-# reference row is the table's R0 run (3 rewards, normalized, random eta, the preset's lambda_w 0.15, no R0+ parts).
+# Ablations: (group, name, label, preset, overrides). All but the last group vary R0
+# (world_r0.yaml) and are read against the table's R0 run (3 rewards, normalized, random eta, the
+# preset's lambda_w 0.15, no R0+ parts); the "kl" group varies DI++ 4 steps (world_dipp4.yaml),
+# whose loss is alpha_rew * reward + KL: a KL weight of 1/alpha_rew relative to the reward.
 ABLATIONS = [
     ("rewards", "abl_rew1", "1 reward (judge)", "world_r0.yaml", ["reward.names=[world-judge]"]),
     ("rewards", "abl_rew2", "2 rewards (clip, judge)", "world_r0.yaml", ["reward.names=[world-clip, world-judge]"]),
@@ -52,11 +54,17 @@ ABLATIONS = [
      ["r0plus.intermediate_supervision=true"]),
     ("r0plus", "abl_hg", "high-resolution guidance only", "world_r0.yaml",
      ["r0plus.hires_guidance=true", "r0plus.hires_weight=0.5"]),
+    ("kl", "abl_kl4x", "DI++ 4 steps, KL weight x4 (alpha_rew 5)", "world_dipp4.yaml", ["di.alpha_rew=5.0"]),
+    ("kl", "abl_kl025x", "DI++ 4 steps, KL weight x1/4 (alpha_rew 80)", "world_dipp4.yaml", ["di.alpha_rew=80.0"]),
 ]
 ABLATION_REFERENCE = {"rewards": ("r0", "3 rewards"), "normalization": ("r0", "normalized gradients"),
                       "eta": ("r0", "random eta in [0, 1]"), "regularization": ("r0", "lambda_w = 0.15 (preset)"),
-                      "r0plus": ("r0", "neither (R0)")}
+                      "r0plus": ("r0", "neither (R0)"), "kl": ("dipp4", "DI++ 4 steps, alpha_rew = 20 (preset)")}
 ABLATION_EXTRA = {"r0plus": ("r0plus", "both (R0+)"), "regularization": ("r0_noreg", "lambda_w = 0, fixed eta")}
+
+# Claim (2)'s fronts: each method's sweep of its regularizer's weight, at equal steps (4).
+R0_FRONT = ["abl_reg0", "abl_reg001", "r0", "abl_reg05"]  # lambda_w 0, 0.01, 0.15 (preset), 0.5
+DIPP_FRONT = ["abl_kl025x", "dipp4", "abl_kl4x"]  # KL weight x1/4, x1 (preset), x4
 
 
 @dataclass
@@ -65,7 +73,10 @@ class BenchSettings:
 
     seeds: int = 3
     ablation_seeds: int = 1
-    time_budget_s: float = 200.0  # training wall-clock per run
+    time_budget_s: float = 300.0  # training wall-clock per run: the last budget
+    # Earlier budgets (training seconds) at which every run is evaluated too, from snapshots the
+    # engine takes on the way (`snapshot_at_s`); those >= time_budget_s are dropped.
+    early_budgets_s: list[float] = field(default_factory=lambda: [60.0, 150.0])
     jobs: int = 2
     track_every: int = 20
     track_prompts: int = 12
@@ -74,9 +85,13 @@ class BenchSettings:
     heldout_prompts: int = 100
     diversity_prompts: int = 24
     diversity_seeds: int = 4
-    # Measured costs on the reference 2-core machine, one thread per job (for the plan only).
-    startup_s: float = 25.0
-    eval_s: float = 40.0
+    # Costs on the reference 2-core machine, one thread per job (for the plan only), fitted to the
+    # November 2026 bench: a 200 s run's job took ~230 s with one evaluation and ~6 trackings,
+    # and the quick bench 355 s with 2 jobs. startup_s: interpreter, imports and networks;
+    # eval_s: one protocol evaluation (+ grid); track_overhead: tracking, per training second.
+    startup_s: float = 10.0
+    eval_s: float = 20.0
+    track_overhead: float = 0.05
     teacher_eval_s: float = 150.0
 
     @classmethod
@@ -85,9 +100,13 @@ class BenchSettings:
 
     @classmethod
     def quick(cls) -> "BenchSettings":
-        return cls(seeds=1, ablation_seeds=1, time_budget_s=30.0, track_every=5, track_prompts=4,
-                   checkpoint_every=20, prompts_per_level=12, heldout_prompts=12, diversity_prompts=6,
-                   diversity_seeds=2, eval_s=8.0, teacher_eval_s=35.0)
+        return cls(seeds=1, ablation_seeds=1, time_budget_s=30.0, early_budgets_s=[15.0], track_every=5,
+                   track_prompts=4, checkpoint_every=20, prompts_per_level=12, heldout_prompts=12,
+                   diversity_prompts=6, diversity_seeds=2, eval_s=4.0, teacher_eval_s=35.0)
+
+    def budgets(self) -> list[float]:
+        """Every budget a run is evaluated at, increasing; the last is `time_budget_s`."""
+        return sorted({b for b in self.early_budgets_s if b < self.time_budget_s}) + [self.time_budget_s]
 
     def eval_overrides(self, seed: int) -> dict:
         return dict(seed=EVAL_SEED + seed, threads=1, prompts_per_level=self.prompts_per_level,
@@ -116,14 +135,17 @@ def plan_text(jobs: list[Job], s: BenchSettings) -> tuple[str, float]:
     """The time budget, counted explicitly: (text, estimated wall-clock seconds)."""
     trained = [j for j in jobs if j.preset]
     teacher = [j for j in jobs if not j.preset]
-    per_run = s.startup_s + s.time_budget_s + s.eval_s
+    budgets = s.budgets()
+    per_run = s.startup_s + s.time_budget_s * (1 + s.track_overhead) + len(budgets) * s.eval_s
     total_job_s = len(trained) * per_run + len(teacher) * (s.startup_s + s.teacher_eval_s)
     wall = total_job_s / s.jobs
     lines = [
         f"bench plan: {len(trained)} training runs x ({s.time_budget_s:g} s training + ~{s.startup_s:g} s start-up "
-        f"+ ~{s.eval_s:g} s evaluation) + {len(teacher)} teacher evaluations x ~{s.teacher_eval_s + s.startup_s:g} s",
+        f"+ ~{s.track_overhead:.0%} tracking + {len(budgets)} evaluations x ~{s.eval_s:g} s, at "
+        f"{', '.join(f'{b:g}' for b in budgets)} s of training) + {len(teacher)} teacher evaluations x "
+        f"~{s.teacher_eval_s + s.startup_s:g} s",
         f"            = {total_job_s / 60:.1f} job-minutes over {s.jobs} parallel job(s), one thread each: "
-        f"about {wall / 60:.1f} minutes wall-clock (tracking and checkpoints add a little)",
+        f"about {wall / 60:.1f} minutes wall-clock (checkpoints add a little)",
         f"            table: {s.seeds} seed(s) x {len(TABLE)} rows; ablations: {s.ablation_seeds} seed(s) x "
         f"{len(ABLATIONS)} runs; eval: {4 * s.prompts_per_level + s.heldout_prompts} prompts + "
         f"{s.diversity_prompts}x{s.diversity_seeds} for diversity",
