@@ -1,9 +1,14 @@
 """The claim rules of SPEC 5: explicit, so that a verdict can be traced to the numbers. A
-difference counts when it exceeds both two standard errors and a per-metric tolerance."""
+difference counts when it exceeds both two standard errors and a per-metric tolerance. Claim (2)
+is judged on fronts and claims (4) and (6) on curves (fronts.py) when the runs for them exist;
+otherwise on the single-point rules here, with a note saying so."""
 
 from __future__ import annotations
 
 import math
+
+from .fronts import ACC_TOL, FID_REL_TOL, Point, front_dominance, pareto_front, speed_verdict
+from .plan import DIPP_FRONT, R0_FRONT
 
 
 def metric_values(rows: list[dict], key: str) -> list[float]:
@@ -22,7 +27,7 @@ def mean_std(vals: list[float]) -> tuple[float, float]:
 
 
 # Smallest difference that counts, per metric, on top of two standard errors.
-ABS_TOL = {"acc": 0.02, "reward": 0.01, "world_fid": 0.05, "diversity": 0.05, "auc": 0.02}
+ABS_TOL = {"acc": ACC_TOL, "reward": 0.01, "world_fid": FID_REL_TOL, "diversity": 0.05, "auc": 0.02}
 
 
 def _tolerance(key: str, ref: float) -> float:
@@ -95,12 +100,16 @@ def claims(res: dict[str, list[dict]]) -> list[tuple[str, str, str]]:
         out.append((c, majority_verdict(signs), ev))
     else:
         out.append((c, "mixed", missing.format("r0/teacher")))
-    # (2) R0 beats DI++ at equal steps (4).
+    # (2) R0 beats DI++ at equal steps (4): R0's lambda_w front against DI++'s KL-weight front.
     c = "(2) R0 beats distillation-plus-reward (DI++) at equal steps"
-    if have("r0", "dipp4"):
+    r0_runs, di_runs = [n for n in R0_FRONT if res.get(n)], [n for n in DIPP_FRONT if res.get(n)]
+    if have("r0", "dipp4") and len(r0_runs) >= 2 and len(di_runs) >= 2:
+        out.append((c, *_front_verdict(res, r0_runs, di_runs)))
+    elif have("r0", "dipp4"):
         signs, ev = cmp_set("r0", "dipp4", ["reward_world_judge", "reward_world_clip", "acc_mean", "acc_heldout",
                                             "world_fid"])
-        out.append((c, majority_verdict(signs), ev))
+        lacking = ", ".join(n for n in R0_FRONT + DIPP_FRONT if not res.get(n))
+        out.append((c, majority_verdict(signs), f"no fronts (missing: {lacking}); single-point rule: {ev}"))
     else:
         out.append((c, "mixed", missing.format("r0/dipp4")))
     # (3) Without regularization the training rewards hold or rise while held-out metrics fall.
@@ -115,13 +124,16 @@ def claims(res: dict[str, list[dict]]) -> list[tuple[str, str, str]]:
         out.append((c, verdict, f"training: {tr_ev}; held-out: {ho_ev}"))
     else:
         out.append((c, "mixed", missing.format("r0/r0_noreg")))
-    # (4) Normalized gradients train faster: area under the tracked accuracy curve, final metrics.
+    # (4) Normalized gradients train faster: time to a shared tracked-accuracy threshold.
     c = "(4) normalized gradients train faster"
-    if have("r0", "abl_nonorm"):
+    if have("r0", "abl_nonorm") and _time_curves(res["r0"]) and _time_curves(res["abl_nonorm"]):
+        out.append((c, *speed_verdict(_time_curves(res["r0"]), _time_curves(res["abl_nonorm"]))))
+    elif have("r0", "abl_nonorm"):  # older eval.json: curves against iterations only
         a, b = _auc(res["r0"]), _auc(res["abl_nonorm"])
         s_auc = compare(a, b, "auc")
         signs, ev = cmp_set("r0", "abl_nonorm", ["acc_mean", "reward_world_judge"])
-        ev = f"auc(tracked acc) r0 {mean_std(a)[0]:.3f} vs abl_nonorm {mean_std(b)[0]:.3f} ({s_auc:+d}); {ev}"
+        ev = (f"no curves against training time; area rule: auc(tracked acc) r0 {mean_std(a)[0]:.3f} vs "
+              f"abl_nonorm {mean_std(b)[0]:.3f} ({s_auc:+d}); {ev}")
         out.append((c, majority_verdict([s_auc, *signs]), ev))
     else:
         out.append((c, "mixed", missing.format("r0/abl_nonorm")))
@@ -134,10 +146,13 @@ def claims(res: dict[str, list[dict]]) -> list[tuple[str, str, str]]:
         out.append((c, majority_verdict(signs), ev))
     else:
         out.append((c, "mixed", missing.format("r0/abl_rew1")))
-    # (6) R0+ converges faster: iterations to reach R0's final tracked accuracy.
+    # (6) R0+ converges faster: time to a shared tracked-accuracy threshold.
     c = "(6) R0+ converges faster"
-    if have("r0", "r0plus"):
-        out.append((c, *_convergence_verdict(res["r0"], res["r0plus"])))
+    if have("r0", "r0plus") and _time_curves(res["r0"]) and _time_curves(res["r0plus"]):
+        out.append((c, *speed_verdict(_time_curves(res["r0plus"]), _time_curves(res["r0"]))))
+    elif have("r0", "r0plus"):  # older eval.json: curves against iterations only
+        verdict, ev = _convergence_verdict(res["r0"], res["r0plus"])
+        out.append((c, verdict, f"no curves against training time; iteration rule: {ev}"))
     else:
         out.append((c, "mixed", missing.format("r0/r0plus")))
     return out
@@ -164,3 +179,52 @@ def _convergence_verdict(r0_rows: list[dict], plus_rows: list[dict]) -> tuple[st
     ratio = (sum(reached) / len(reached)) / r0_iters
     ev += f" (ratio {ratio:.2f})"
     return ("confirmed" if ratio <= 0.7 else "refuted" if ratio >= 1.0 else "mixed"), ev
+
+
+def _time_curves(rows: list[dict]) -> list[dict]:
+    """Each seed's tracking curve against training seconds (eval.json "curve"), where it has one."""
+    return [r["curve"]["track"] for r in rows if (r.get("curve") or {}).get("track", {}).get("train_seconds")]
+
+
+def _at_budget(r: dict, budget: float | None) -> dict | None:
+    """A run's metrics at `budget` training seconds (None: its final ones, the top level)."""
+    if budget is None:
+        return r
+    return next((e for e in r.get("budgets", []) if e.get("budget_s") == budget), None)
+
+
+def front_points(res: dict[str, list[dict]], names: list[str], budget: float | None = None) -> list[Point]:
+    """One point per run name: the seed means of mean L3/L4 accuracy and world-FID at `budget`."""
+    points = []
+    for n in names:
+        rows = [e for e in (_at_budget(r, budget) for r in res.get(n, [])) if e is not None]
+        acc = [(e["acc_L3"] + e["acc_L4"]) / 2 for e in rows
+               if e.get("acc_L3") is not None and e.get("acc_L4") is not None]
+        fid = metric_values(rows, "world_fid")
+        if acc and fid:
+            points.append(Point(n, mean_std(acc)[0], mean_std(fid)[0]))
+    return points
+
+
+def _front_verdict(res: dict[str, list[dict]], a_names: list[str], b_names: list[str]) -> tuple[str, str]:
+    """front_dominance of A's sweep over B's at the largest budget every run of both has (their
+    final metrics if some run has no per-budget results); the other budgets as evidence."""
+    rows = [r for n in a_names + b_names for r in res[n]]
+    shared = set.intersection(*({e.get("budget_s") for e in r.get("budgets", [])} for r in rows)) - {None}
+    budgets = sorted(shared) or [None]
+    parts, verdict = [], "mixed"
+    for budget in reversed(budgets):  # the verdict's budget first
+        a, b = front_points(res, a_names, budget), front_points(res, b_names, budget)
+        verdict_here = front_dominance(a, b)
+        where = "final" if budget is None else f"{budget:g} s"
+        if not parts:
+            verdict = verdict_here
+            parts.append(f"at {where}: fronts (acc L3/L4, world-FID) {_fmt_front(a)} vs {_fmt_front(b)}: "
+                         f"{verdict_here}")
+        else:
+            parts.append(f"at {where}: {verdict_here}")
+    return verdict, "; ".join(parts)
+
+
+def _fmt_front(points: list[Point]) -> str:
+    return ", ".join(f"{p.label} ({p.acc:.3f}, {p.fid:.1f})" for p in pareto_front(points))
