@@ -86,8 +86,10 @@ FIT_80GB_GIB = 76.0  # what an 80 GB card leaves for tensors: 74.5 GiB nominal m
 LEVERS = ("checkpointing", "batch", "sampling", "compile", "channels_last", "fused_adamw", "attention", "reward_dtype")
 CHECKPOINTING = ("none", "call", "block", "call+block", "call-selective")
 SAMPLING = ("eager", "cudagraph", "compile")
-# Expected wall time of one configuration when none of its kind has run yet (seconds, one H200).
-DEFAULT_COST_S = {"train": 30.0, "train-compiled": 180.0, "sample": 15.0, "sample-compiled": 90.0}
+# Expected wall time when no configuration of a kind has run yet, per trained image (training) or per
+# configuration (sampling), in seconds on one H200: guesses from the November 2026 step times, with
+# the compile times the least certain. Measured costs replace them as the run goes.
+DEFAULT_COST_S = {"train": 2.5, "train-compiled": 20.0, "sample": 10.0, "sample-compiled": 60.0}
 
 
 # ------------------------------------------------------------------ networks at the published sizes
@@ -579,21 +581,26 @@ class Budget:
 
     def __init__(self, seconds: float | None, start: float, defaults: dict[str, float]):
         self.seconds, self.start, self.costs, self.defaults = seconds, start, {}, defaults
+        self.simulated: float | None = None  # --plan: a clock that advances by the expected costs
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.start
+        return self.simulated if self.simulated is not None else time.perf_counter() - self.start
 
-    def allows(self, kind: str) -> tuple[bool, str]:
+    def expected(self, kind: str, images: int = 1) -> float:
+        """Seconds: the costliest configuration of this kind so far per image, times `images`."""
+        return images * self.costs.get(kind, self.defaults.get(kind, 0.0))
+
+    def allows(self, kind: str, images: int = 1) -> tuple[bool, str]:
         if self.seconds is None:
             return True, ""
-        need = self.costs.get(kind, self.defaults.get(kind, 0.0))
+        need = self.expected(kind, images)
         used = self.elapsed()
         if used + need > self.seconds:
             return False, f"budget: {used:.0f} s used of {self.seconds:.0f} s, about {need:.0f} s needed"
         return True, ""
 
-    def record(self, kind: str, wall_s: float) -> None:
-        self.costs[kind] = max(self.costs.get(kind, 0.0), wall_s)
+    def record(self, kind: str, wall_s: float, images: int = 1) -> None:
+        self.costs[kind] = max(self.costs.get(kind, 0.0), wall_s / images)
 
 
 # ------------------------------------------------------------------ the run
@@ -648,23 +655,32 @@ class Matrix:
         self.bench, self.budget, self.out, self.path, self.levers, self.start = bench, budget, out, path, levers, start
 
     def save(self) -> None:
+        if self.budget.simulated is not None:  # --plan writes nothing
+            return
         self.out["elapsed_s"] = round(time.perf_counter() - self.start, 1)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.out, indent=2) + "\n")
 
     def run(self, section: str, kind: str, what: dict, fn) -> dict | None:
-        """fn() -> record, unless the budget says no (then `what` goes to not_run)."""
-        ok, why = self.budget.allows(kind)
+        """fn() -> record, unless the budget says no (then `what` goes to not_run); with --plan
+        only listed, at the time the expected costs say it would start."""
+        images = what.get("levers", {}).get("batch", 1) if isinstance(what.get("levers"), dict) else 1
+        ok, why = self.budget.allows(kind, images)
         if not ok:
             self.out["not_run"].append({**what, "reason": why})
             print(json.dumps(self.out["not_run"][-1]), flush=True)
             self.save()
             return None
+        if self.budget.simulated is not None:
+            self.out.setdefault("plan", []).append({**what, "kind": kind, "starts_at_s": self.budget.simulated})
+            print(json.dumps(self.out["plan"][-1]), flush=True)
+            self.budget.simulated += self.budget.expected(kind, images)
+            return None
         t0 = time.perf_counter()
         rec = fn()
         rec["wall_s"] = round(time.perf_counter() - t0, 1)
         if "skipped" not in rec:
-            self.budget.record(kind, rec["wall_s"])
+            self.budget.record(kind, rec["wall_s"], images)
         print(json.dumps(rec), flush=True)
         self.out[section].append(rec)
         self.save()
@@ -715,7 +731,9 @@ class Matrix:
                     train(lv, "toggle")
         measured = [r for r in out["train"] if r["model"] == model]
         combo = combine(base, measured, bench.memory_limit_gib)
-        if combo != base and all(TrainLevers(**r["levers"]) != combo for r in measured):
+        if self.budget.simulated is not None:  # --plan: the combination depends on the measurements
+            self.run("train", "train", {"model": model, "role": "combination", "levers": "chosen then"}, None)
+        elif combo != base and all(TrainLevers(**r["levers"]) != combo for r in measured):
             train(combo, "combination")
         fits = [r for r in out["train"] if r["model"] == model and eligible(r, bench.memory_limit_gib)]
         if fits:
@@ -765,7 +783,7 @@ def markdown_tables(res: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gpu-matrix", action="store_true",
-                   help="the prepared GPU run: sd15 training levers + sd15/sd3 sampling, --budget-s 420")
+                   help="the prepared GPU run: sd15 training levers + sd15/sd3 sampling, --budget-s 440")
     p.add_argument("--tiny", action="store_true", help="tiny test models on the CPU (a smoke run)")
     p.add_argument("--models", nargs="+", default=["sd15"], choices=["sd15", "sd3"], help="trained models")
     p.add_argument("--sample-models", nargs="*", default=None, choices=["sd15", "sd3"],
@@ -787,6 +805,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=str(ROOT / "runs" / "bench" / "throughput.json"))
     p.add_argument("--table", metavar="JSON", help="print the markdown tables of a result file and exit")
+    p.add_argument("--plan", action="store_true",
+                   help="list the configurations in order with their expected start times (default costs); run none")
     args = p.parse_args(argv)
     if args.table:
         print(markdown_tables(json.loads(Path(args.table).read_text())))
@@ -794,14 +814,14 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     if args.gpu_matrix:
         args.models, args.levers = ["sd15"], "all"
-        args.budget_s = 420.0 if args.budget_s is None else args.budget_s
+        args.budget_s = 440.0 if args.budget_s is None else args.budget_s
     try:
         levers = parse_levers(args.levers)
     except ValueError as e:
         p.error(str(e))
     torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if not args.tiny and device.type != "cuda":
+    if not args.tiny and device.type != "cuda" and not args.plan:
         p.error("full-size runs need a GPU; use --tiny on CPU")
     sample_models = ["sd15", "sd3"] if args.sample_models is None else args.sample_models
     peak, peak_note = device_peak(device, args.peak_tflops)
@@ -817,8 +837,10 @@ def main(argv=None) -> int:
     bench = Bench(args.tiny, device, torch.bfloat16 if device.type == "cuda" else torch.float32,
                   args.iters or 3, args.sample_iters or (3 if args.tiny else 10), None,
                   args.cpu_compile, peak, args.memory_limit_gib)
-    matrix = Matrix(bench, Budget(args.budget_s, start, {} if args.tiny else DEFAULT_COST_S), out, Path(args.json),
-                    levers, start)
+    budget = Budget(args.budget_s, start, {} if args.tiny else DEFAULT_COST_S)
+    if args.plan:
+        budget.simulated = 0.0
+    matrix = Matrix(bench, budget, out, Path(args.json), levers, start)
     for model in args.models:
         base, rank, reward_names = preset_baseline(model, args.batch or (2 if args.tiny else None))
         rank = args.lora_rank if args.lora_rank is not None else (4 if args.tiny and rank else rank)
@@ -828,7 +850,11 @@ def main(argv=None) -> int:
     for m in sample_models:  # no model trained
         matrix.sampling(m, SAMPLING if "sampling" in levers else ["eager"])
     matrix.save()
-    print(f"throughput: written to {args.json} ({out['elapsed_s']} s)")
+    if args.plan:
+        print(f"throughput: plan of {len(out.get('plan', []))} configurations, expected {budget.simulated:.0f} s "
+              f"of the budget ({args.budget_s} s); {len(out['not_run'])} would not start")
+    else:
+        print(f"throughput: written to {args.json} ({out['elapsed_s']} s)")
     return 0
 
 

@@ -145,3 +145,22 @@ def test_tiny_matrix_with_the_preset_rewards(tmp_path):
     assert sample["compile"]["skipped"].startswith("skipped: torch.compile on the CPU")
     table = tp.markdown_tables(res)  # what docs/performance.md shows
     assert table.count("\n| toggle | checkpointing=") == 4 and "skipped: needs CUDA" in table
+
+
+def test_network_levers_change_the_networks():
+    """channels-last, the attention processor, compile (set up, not run: the CPU build takes minutes)
+    and the checkpointing of each generator call."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    bb = tp.make_backbone("sd15", True, torch.device("cpu"), torch.float32, checkpointing=False)
+    assert all(isinstance(p, AttnProcessor2_0) for p in bb.unet.attn_processors.values())  # diffusers' default
+    tp.apply_network_levers(bb, channels_last=True, attention="plain", compile_mode="default")
+    conv = bb.unet.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert all(isinstance(p, AttnProcessor) for p in bb.unet.attn_processors.values())
+    assert all(isinstance(p, AttnProcessor) for p in bb.vae.attn_processors.values())
+    assert bb.unet._compiled_call_impl is not None and bb.vae.decoder._compiled_call_impl is not None
+    assert bb.vae.encoder._compiled_call_impl is None  # only the decoder is in the training step
+    assert tp.make_generator(bb, "call").gradient_checkpointing
+    assert not tp.make_generator(bb, "block").gradient_checkpointing  # block: inside the networks only
+    assert type(tp.make_generator(bb, "call-selective")).__name__ == "SelectiveCheckpointGenerator"
