@@ -208,7 +208,7 @@ def plot_curves(runs: dict[str, dict], path: Path, budgets: list[float] = ()) ->
         for ax, pts in ((axes[0], series(track, "acc_L34")), (axes[1], series(track, "world_fid"))):
             ax.plot([t for t, _ in pts], [v for _, v in pts], marker="o", markersize=2, **style)
         reward = series(train, "reward_world_judge")
-        axes[2].plot([t for t, _ in reward], _smooth([v for _, v in reward]), **style)
+        axes[2].plot([t for t, _ in reward], _smooth([v for _, v in reward]), marker=".", markersize=2, **style)
     titles = ("tracked accuracy (mean L3/L4)", "tracked world-FID (log scale)", "judge reward (training batches)")
     for ax, title in zip(axes, titles):
         ax.set_title(title, fontsize=9)
