@@ -466,6 +466,8 @@ def run_train(bench: Bench, model: str, lv: TrainLevers, lora_rank: int, per_ima
             apply_network_levers(bb, False, "sdpa", "default")
             for _ in range(2):  # compilation, then the first call after it
                 step()
+        if device.type == "cuda":  # the peak of the timed steps (the weights and optimizer state stay counted)
+            torch.cuda.reset_peak_memory_stats(device)
         med, times = median_time(step, device, bench.iters)
         model_flops = per_image["total"] * lv.batch
         rec.update(train_step_s=round(med, 4), train_step_s_all=[round(t, 4) for t in times],
@@ -677,7 +679,11 @@ class Matrix:
             self.budget.simulated += self.budget.expected(kind, images)
             return None
         t0 = time.perf_counter()
-        rec = fn()
+        try:
+            rec = fn()
+        except Exception as e:  # outside a configuration's own handling (building the rewards, counting)
+            rec = {**what, "error": f"{type(e).__name__}: {str(e).strip()[:300]}"}
+            reset_memory(self.bench.device)
         rec["wall_s"] = round(time.perf_counter() - t0, 1)
         if "skipped" not in rec:
             self.budget.record(kind, rec["wall_s"], images)
@@ -719,7 +725,8 @@ class Matrix:
                 return {**run_train(bench, model, lv, rank, per_image()), "role": role, "changed": lv.changed(base)}
 
             self.run("train", "train-compiled" if lv.compile else "train",
-                     {"model": model, "levers": dataclasses.asdict(lv), "role": role}, measure)
+                     {"model": model, "levers": dataclasses.asdict(lv), "role": role, "changed": lv.changed(base)},
+                     measure)
 
         train(base, "baseline")
         for lever in self.levers:
@@ -759,8 +766,8 @@ def markdown_tables(res: dict) -> str:
     for r in res["train"]:
         changed = ", ".join(f"{k}={v}" for k, v in r.get("changed", {}).items()) or "(preset)"
         if "images_per_s" not in r:
-            lines.append(f"| {r.get('role', '')} | {changed} | {r['batch']} | {r.get('error') or r.get('skipped')} "
-                         "| | | | | | |")
+            lines.append(f"| {r.get('role', '')} | {changed} | {r['levers']['batch']} "
+                         f"| {r.get('error') or r.get('skipped')} | | | | | | |")
             continue
         util = "-" if r["utilization"] is None else f"{100 * r['utilization']:.1f} %"
         lines.append(f"| {r['role']} | {changed} | {r['batch']} | {r['train_step_s']:.3f} | {r['images_per_s']:.2f} "

@@ -164,3 +164,18 @@ def test_network_levers_change_the_networks():
     assert tp.make_generator(bb, "call").gradient_checkpointing
     assert not tp.make_generator(bb, "block").gradient_checkpointing  # block: inside the networks only
     assert type(tp.make_generator(bb, "call-selective")).__name__ == "SelectiveCheckpointGenerator"
+
+
+def test_an_error_outside_a_configuration_is_recorded(tmp_path, monkeypatch):
+    """A failure before a configuration's own handling (here: counting the model FLOPs) is recorded
+    for each configuration, and the matrix still writes its JSON and its tables."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("no FLOPs today")
+
+    monkeypatch.setattr(tp, "model_flops_per_image", broken)
+    out = tmp_path / "t.json"
+    assert tp.main(["--tiny", "--rewards", "none", "--levers", "fused_adamw", "--sample-models", "--threads", "1",
+                    "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert [r["error"] for r in res["train"]] == ["RuntimeError: no FLOPs today"] * 2
+    assert "| toggle | fused_adamw=True | 2 | RuntimeError: no FLOPs today |" in tp.markdown_tables(res)
