@@ -32,6 +32,9 @@ from rzero.world.render import render
 from rzero.world.scene import LEVELS, complete_specs, match, sample_specs
 
 
+PROMPT_REWARDS = ("world-clip", "world-clip-coarse", "world-judge")
+
+
 @torch.no_grad()
 def reward_ranking(n: int, seed: int) -> dict:
     out = {}
@@ -45,7 +48,7 @@ def reward_ranking(n: int, seed: int) -> dict:
         other_specs = sample_specs(n, int(torch.randint(1, 5, (1,), generator=g)), g)
         other = describe(other_specs, random_templates(n, g))
         wrong = ~match(other_specs, scenes)["all_correct"]
-        for name in ("world-clip", "world-judge"):
+        for name in PROMPT_REWARDS:
             r = make_reward(name)
             ok = (r(images, prompts) > r(images, other))[wrong]
             out[f"{name}_L{lv}"] = float(ok.float().mean())
@@ -54,7 +57,7 @@ def reward_ranking(n: int, seed: int) -> dict:
     images = render(complete_specs(specs, g), g)
     bad, _ = degrade(images, g, p_clean=0.0)
     out["world-quality_real_over_degraded"] = float((q(images) > q(bad)).float().mean())
-    for name in ("world-clip", "world-judge"):
+    for name in PROMPT_REWARDS:
         out[f"{name}_all_levels"] = sum(out[f"{name}_L{lv}"] for lv in LEVELS) / len(LEVELS)
     return out
 
@@ -73,6 +76,7 @@ def reward_ascent(names: tuple[str, ...], n: int, seed: int, steps: int, asset_d
     def accuracy(specs, images):
         m = match(specs, read_scenes(inspector, images))
         return {"all_correct": float(m["all_correct"].float().mean()),
+                "fraction": float(m["fraction"].mean()),  # share of asked attributes met (L4 asks no slot)
                 "slot": float(m["slot_ok"].sum() / m["slot_n"].sum().clamp_min(1))}
 
     g = torch.Generator().manual_seed(seed)
@@ -125,7 +129,7 @@ def main() -> None:
             "renderer_deterministic": bool(torch.equal(render(scenes, g1), render(scenes, g2))),
         }
     if args.ascent or args.ascent_only:
-        result["ascent"] = reward_ascent(("world-clip", "world-judge"), args.ascent_n, args.seed + 2,
+        result["ascent"] = reward_ascent(PROMPT_REWARDS, args.ascent_n, args.seed + 2,
                                          args.ascent_steps, args.assets or None)
         result["assets"] = args.assets or "package"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

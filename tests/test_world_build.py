@@ -164,3 +164,34 @@ def test_adversarial_training_is_off_by_default_and_hash_neutral():
     moved = _adversarial(images, loss, eps=0.5, steps=3)
     assert float((moved - images).flatten(1).norm(dim=1).max()) <= 0.5 + 1e-5
     assert float(loss(moved)) > float(loss(images))
+
+
+def test_coarse_clip_is_blind_below_its_cells_and_shipped_as_built(world_assets):
+    """world-clip-coarse scores 4x4-pixel cell means only: a texture with zero mean in every cell
+    changes nothing, moving colour to another cell does. Its asset matches the build recipe, and
+    adding it left the plain clip's network and hash as shipped."""
+    from rzero.rewards import make_reward
+    from rzero.world.build import _stage_hash
+    from rzero.world.loaders import build_network
+    from rzero.world.models import COARSE_POOL
+
+    coarse = make_reward("world-clip-coarse")
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 3, 32, 32, generator=g) * 1.6 - 0.8
+    checker = (torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2 * 2.0 - 1.0  # zero mean per 2x2, so per 4x4
+    textured = images + 0.15 * checker
+    prompts = ["a red circle on the left", "two squares", "a blue cross"]
+    with torch.no_grad():
+        base = coarse(images, prompts)
+        assert torch.allclose(coarse(textured, prompts), base, atol=1e-5)
+        moved = images.roll(COARSE_POOL * 2, dims=3)  # content shifted by two cells
+        assert not torch.allclose(coarse(moved, prompts), base, atol=1e-3)
+        # The plain world-clip does see the texture (what makes it hackable).
+        plain = make_reward("world-clip")
+        assert not torch.allclose(plain(textured, prompts), plain(images, prompts), atol=1e-3)
+
+    cfg = load_config(WorldBuildConfig, Path(__file__).resolve().parents[1] / "configs" / "world_build.yaml", [])
+    manifest = json.loads((Path(__file__).resolve().parents[1] / "src/rzero/world/assets/manifest.json").read_text())
+    for stage in ("clip", "clip_coarse"):
+        assert _stage_hash(cfg, stage) == manifest["assets"][stage]["config_hash"]
+    assert sum(p.numel() for p in build_network("clip").parameters()) == manifest["assets"]["clip"]["params"]

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Train the world's networks (deterministic, resumable) and write assets + manifest.")
     _add_config_args(b, "the world build (e.g. configs/world_build.yaml)")
     b.add_argument("--only", nargs="+", metavar="STAGE", help="build only these stages "
-                   "(inspector featnet clip judge quality teacher)")
+                   "(inspector featnet clip clip_coarse judge quality sharpness teacher teacher_web)")
     b.add_argument("--force", action="store_true", help="rebuild stages even if their asset is up to date")
     v = wsub.add_parser("verify", help="check asset checksums and load every network",
                         description="Check every asset's sha256 against the manifest and load it.")

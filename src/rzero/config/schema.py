@@ -205,6 +205,9 @@ class WorldBuildConfig:
     inspector: StageConfig = field(default_factory=lambda: StageConfig(steps=2000, batch_size=128, lr=2e-3))
     featnet: StageConfig = field(default_factory=lambda: StageConfig(steps=800, batch_size=128, lr=2e-3))
     clip: ClipStageConfig = field(default_factory=lambda: ClipStageConfig(steps=1200, batch_size=256, lr=1e-3))
+    # The same recipe for `world-clip-coarse`, which sees 4x4-pixel cell means (docs/decisions.md, World v2).
+    clip_coarse: ClipStageConfig = field(default_factory=lambda: ClipStageConfig(steps=1200, batch_size=256,
+                                                                                 lr=1e-3))
     judge: JudgeStageConfig = field(default_factory=lambda: JudgeStageConfig(steps=4000, batch_size=128, lr=1e-3))
     quality: StageConfig = field(default_factory=lambda: StageConfig(steps=600, batch_size=128, lr=2e-3))
     sharpness: StageConfig = field(default_factory=lambda: StageConfig(steps=600, batch_size=128, lr=2e-3))

@@ -6,10 +6,11 @@ from .clip_score import ClipScoreReward
 from .hps import HPSReward, HPSv21Reward
 from .imagereward import ImageRewardReward
 from .pickscore import PickScoreReward
-from .world import WorldClipReward, WorldJudgeReward, WorldQualityReward
+from .world import WorldClipCoarseReward, WorldClipReward, WorldJudgeReward, WorldQualityReward
 
 REWARDS: dict[str, type[Reward]] = {
     "world-clip": WorldClipReward,
+    "world-clip-coarse": WorldClipCoarseReward,
     "world-judge": WorldJudgeReward,
     "world-quality": WorldQualityReward,
     # Real-scale rewards (docs/rewards.md): weights from a local path or a hub id, loaded lazily.
@@ -29,4 +30,4 @@ def make_reward(name: str, **kwargs) -> Reward:
 
 
 __all__ = ["REWARDS", "AestheticReward", "ClipScoreReward", "HPSReward", "HPSv21Reward", "ImageRewardReward",
-           "PickScoreReward", "Reward", "WorldClipReward", "WorldJudgeReward", "WorldQualityReward", "make_reward"]
+           "PickScoreReward", "Reward", "WorldClipCoarseReward", "WorldClipReward", "WorldJudgeReward", "WorldQualityReward", "make_reward"]

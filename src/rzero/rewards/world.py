@@ -1,6 +1,7 @@
 """Rewards of the built-in world, trained by `rzero world build` (SPEC section 6).
 
 world-clip    cosine of contrastive image/text embeddings       (CLIP-score analogue)
+world-clip-coarse  the same on 4x4-pixel cell means: blind to texture, sees where colour is
 world-judge   predicted fraction of the prompt's attributes met (ImageReward/HPS analogue)
 world-quality logit of "clean render", prompt-free              (aesthetic analogue)
 """
@@ -39,6 +40,11 @@ class WorldClipReward(_WorldReward):
 
     def score(self, images, prompts):
         return self.net(images, *self._text(prompts, images.device))
+
+
+class WorldClipCoarseReward(WorldClipReward):
+    name = "world-clip-coarse"
+    asset = "clip_coarse"
 
 
 class WorldJudgeReward(_WorldReward):

@@ -14,6 +14,7 @@ ASSET_FILES = {
     "inspector": "inspector.safetensors",
     "featnet": "featnet.safetensors",
     "clip": "world_clip.safetensors",
+    "clip_coarse": "world_clip_coarse.safetensors",  # world-clip on 4x4-pixel cell means (world v2)
     "judge": "world_judge.safetensors",
     "quality": "world_quality.safetensors",
     "teacher": "teacher_unet.safetensors",  # the shipped base model, trained on exact captions

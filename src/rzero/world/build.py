@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -35,13 +36,14 @@ from .captions import CaptionPool
 from .data import PromptPool, render_batch, step_generator
 from .degrade import degrade
 from .evaluators import inspector_loss, read_scenes
-from .models import (WorldClip, WorldFeatureNet, WorldInspector, WorldJudge, WorldQuality, WorldSharpness,
+from .loaders import build_network
+from .models import (WorldFeatureNet, WorldInspector, WorldJudge, WorldQuality, WorldSharpness,
                      split_attribute_logits, teacher_unet_config)
 from .render import render
 from .scene import LEVELS, Scenes, Specs, complete_specs, match, sample_specs
 from .text import WorldTextEncoder
 
-STAGES = ("inspector", "featnet", "clip", "judge", "quality", "sharpness", "teacher", "teacher_web")
+STAGES = ("inspector", "featnet", "clip", "clip_coarse", "judge", "quality", "sharpness", "teacher", "teacher_web")
 TEACHER_STAGES = ("teacher", "teacher_web")
 
 
@@ -184,9 +186,10 @@ def _pool_batch(pool: PromptPool, n: int, g: torch.Generator):
     return idx, specs, scenes, render(scenes, g)
 
 
-def train_clip(cfg: WorldBuildConfig, pool: PromptPool) -> tuple[nn.Module, dict]:
-    model = _init(WorldClip, cfg.seed, "clip")
-    c = cfg.clip
+def train_clip(cfg: WorldBuildConfig, pool: PromptPool, stage: str = "clip") -> tuple[nn.Module, dict]:
+    """The world clip, or (stage "clip_coarse") the same recipe on 4x4-pixel cell means."""
+    model = _init(lambda: build_network(stage), cfg.seed, stage)
+    c = getattr(cfg, stage)
 
     def loss_fn(g):
         idx, _, _, images = _pool_batch(pool, c.batch_size, g)
@@ -208,7 +211,7 @@ def train_clip(cfg: WorldBuildConfig, pool: PromptPool) -> tuple[nn.Module, dict
             images = _adversarial(images, lambda x: contrastive(x, txt.detach()), c.adv_eps, c.adv_steps)
         return contrastive(images, txt), {}
 
-    losses = _train_loop(model, c, "clip", cfg.seed, loss_fn)
+    losses = _train_loop(model, c, stage, cfg.seed, loss_fn)
     return model, {"final_loss": _tail_mean(losses), **_ranking_metrics(pool, cfg.seed + 3,
                                                                            lambda im, s, m: model(im, s, m))}
 
@@ -551,7 +554,7 @@ def build_world(cfg: WorldBuildConfig, only: list[str] | None = None, force: boo
             model, metrics = train_teacher(cfg, stage, data, work, out)
         else:
             model, metrics = {"inspector": train_inspector, "featnet": train_featnet, "clip": train_clip,
-                              "judge": train_judge, "quality": train_quality,
+                              "clip_coarse": partial(train_clip, stage="clip_coarse"), "judge": train_judge, "quality": train_quality,
                               "sharpness": train_sharpness}[stage](cfg, pool)
         atomic_save_safetensors(model.state_dict(), path, metadata={"stage": stage, "config_hash": h})
         # Re-read before writing: another build process may have finished a stage meanwhile.

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .assets import WORLD_TEACHERS, load_state
-from .models import (WorldClip, WorldFeatureNet, WorldInspector, WorldJudge, WorldQuality, WorldSharpness,
+from .models import (COARSE_POOL, WorldClip, WorldFeatureNet, WorldInspector, WorldJudge, WorldQuality, WorldSharpness,
                      teacher_unet_config)
 
 
@@ -18,6 +18,8 @@ def build_network(name: str) -> torch.nn.Module:
         from diffusers import UNet2DConditionModel
 
         return UNet2DConditionModel(**teacher_unet_config())
+    if name == "clip_coarse":
+        return WorldClip(input_pool=COARSE_POOL)
     return {"inspector": WorldInspector, "featnet": WorldFeatureNet, "clip": WorldClip, "judge": WorldJudge,
             "quality": WorldQuality, "sharpness": WorldSharpness}[name]()
 

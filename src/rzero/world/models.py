@@ -53,12 +53,26 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
-class WorldClip(nn.Module):
-    """Contrastive image-text model (the CLIP-score analogue): cosine of two embeddings."""
+# The coarse world-clip's input: means of 4x4-pixel cells (an 8x8 image, one cell per 4 px).
+COARSE_POOL = 4
 
-    def __init__(self, dim: int = 128):
+
+class WorldClip(nn.Module):
+    """Contrastive image-text model (the CLIP-score analogue): cosine of two embeddings.
+
+    `input_pool` > 1 (the `world-clip-coarse` reward): the network sees only the means of
+    input_pool x input_pool pixel cells, so no pattern finer than a cell can change its score;
+    an image must move colour between cells, i.e. where objects are, to raise it. Its trunk
+    keeps the pooled resolution (8x8 at 4) instead of striding down.
+    """
+
+    def __init__(self, dim: int = 128, input_pool: int = 1):
         super().__init__()
-        self.trunk = ConvTrunk((32, 64, 96))
+        self.input_pool = input_pool
+        if input_pool > 1:
+            self.trunk = nn.Sequential(_conv_gn(3, 64), _conv_gn(64, 96), _conv_gn(96, 96), _conv_gn(96, 96))
+        else:
+            self.trunk = ConvTrunk((32, 64, 96))
         self.image_head = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(96 * 16, 256), nn.SiLU(),
                                         nn.Linear(256, dim))
         self.text = TextTower(dim)
@@ -66,6 +80,8 @@ class WorldClip(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(2.7))
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        if self.input_pool > 1:
+            images = F.avg_pool2d(images, self.input_pool)
         return F.normalize(self.image_head(self.trunk(images)), dim=-1)
 
     def embed_text(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
