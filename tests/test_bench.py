@@ -153,3 +153,44 @@ def test_a_run_trained_with_an_older_preset_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "trained with another config" in err and "generator.eta_max" in err and "\n" not in err
     assert (run / "config.yaml").read_text() == before and not (tmp_path / "docs").exists()
+
+
+def test_device_reaches_the_runs_and_the_report(tmp_path, capsys, monkeypatch):
+    """--device: the runs' TrainConfig trains there, an unavailable GPU is a one-line error before
+    anything is written, a CPU bench folder from before the setting stays reusable, and the report
+    names what trained the runs."""
+    import torch
+
+    from rzero.apps.bench.job import job_config
+    from rzero.apps.bench.run import _check_same_settings
+
+    s = BenchSettings.quick()
+    job = next(j for j in make_jobs(s, ["r0"]))
+    assert job_config(job, s).device == "cpu"
+    s.device = "cuda"
+    assert job_config(job, s).device == "cuda"
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "bench"
+    rc = main(["bench", "--quick", "--device", "cuda", "--out", str(out), "--docs", str(tmp_path / "docs")])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and "--device cuda: no CUDA GPU" in err and "\n" not in err and not out.exists()
+
+    old = asdict(BenchSettings.quick())
+    del old["device"]  # a plan.json written before the setting existed: those benches ran on the CPU
+    out.mkdir()
+    (out / "plan.json").write_text(json.dumps(old))
+    _check_same_settings(out, BenchSettings.quick())
+    gpu = BenchSettings.quick()
+    gpu.device = "cuda"
+    with pytest.raises(ValueError, match="device"):
+        _check_same_settings(out, gpu)
+
+    spec = {"teacher": (0.3, 10.0, 0.5), "r0": (0.5, 12.0, 0.7)}
+    _write_runs(tmp_path / "b", spec, seeds=1)
+    (tmp_path / "b" / "plan.json").write_text(json.dumps(asdict(BenchSettings.quick())))
+    assert "(one CPU thread)" in write_report(tmp_path / "b", tmp_path / "d1").read_text()
+    for run in (tmp_path / "b" / "runs").iterdir():
+        r = json.loads((run / "eval.json").read_text())
+        (run / "eval.json").write_text(json.dumps({**r, "device": "NVIDIA H200"}))
+    assert "(on NVIDIA H200)" in write_report(tmp_path / "b", tmp_path / "d2").read_text()

@@ -17,7 +17,10 @@ def register(sub) -> None:
     p.add_argument("--docs", default="docs", help="where results.md and its PNGs go (default docs)")
     p.add_argument("--jobs", type=int, default=None, help="parallel runs, one CPU thread each (default 2)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per table row (default 3; quick 1)")
-    p.add_argument("--time-budget", type=float, default=None, help="training seconds per run (default 200; quick 30)")
+    p.add_argument("--time-budget", type=float, default=None, help="training seconds per run (default 300; quick 30)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="where runs train (default cpu; the default budgets are CPU budgets, pass a longer "
+                        "--time-budget on a GPU); the report names the device")
     p.add_argument("--only", nargs="+", metavar="METHOD", help="run only these methods (e.g. teacher r0 dipp4)")
     p.add_argument("--report", action="store_true", help="only rebuild results.md and the plots from the saved JSON")
     p.add_argument("--dry-run", action="store_true", help="print the plan (runs, budget, estimated time) and exit")
@@ -40,6 +43,14 @@ def run(args) -> int:
             if value <= 0:
                 raise ValueError(f"--{flag.replace('_', '-')} must be > 0, got {value}")
             setattr(s, key, type(getattr(s, key))(value))
+    if args.device is not None:
+        if args.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError("--device cuda: no CUDA GPU is visible to torch; run on a GPU machine or "
+                                 "drop --device")
+        s.device = args.device
     if args.dry_run:
         print(plan_text(make_jobs(s, args.only), s)[0])
         return 0

@@ -66,7 +66,7 @@ def job_config(j: Job, s: BenchSettings):
     from ...config.schema import TrainConfig
 
     return load_config(TrainConfig, CONFIGS / j.preset, [
-        *j.overrides, f"seed={j.seed}", "threads=1", "iterations=1000000",
+        *j.overrides, f"seed={j.seed}", "threads=1", "iterations=1000000", f"device={s.device}",
         f"time_budget_s={s.time_budget_s}", f"track_every={s.track_every}",
         f"track_prompts={s.track_prompts}", f"checkpoint_every={s.checkpoint_every}",
         f"snapshot_at_s=[{', '.join(f'{b:g}' for b in s.budgets()[:-1])}]", "sample_every=1000000", "log_every=5"])
@@ -100,6 +100,13 @@ def _evaluate_budgets(run: Path, s: BenchSettings, ecfg) -> list[dict]:
     return out
 
 
+def _device_name(device: str) -> str:
+    """What trained the run, for the report: "cpu" or the GPU's name."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
+
+
 def run_job(job: dict, out: str, settings: dict) -> dict:
     """Train (resumable) and evaluate one job at each budget; writes eval.json last, which marks it
     done. Its top-level metrics are the last budget's; "budgets" lists every budget's."""
@@ -120,7 +127,7 @@ def run_job(job: dict, out: str, settings: dict) -> dict:
     with open(run / "bench.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         ecfg = EvalConfig(**s.eval_overrides(j.seed))
         result = {"name": j.name, "label": j.label, "group": j.group, "seed": j.seed, "preset": j.preset,
-                  "overrides": j.overrides}
+                  "overrides": j.overrides, "device": _device_name(s.device if j.preset else "cpu")}
         if j.preset is None:
             source = teacher_source(ecfg)
             result.update(train_seconds=0.0, iterations=0)

@@ -78,6 +78,9 @@ class BenchSettings:
     # engine takes on the way (`snapshot_at_s`); those >= time_budget_s are dropped.
     early_budgets_s: list[float] = field(default_factory=lambda: [60.0, 150.0])
     jobs: int = 2
+    # Where runs train ("cpu" or "cuda"); evaluation follows the trainer's placement rules. The
+    # budgets above are CPU budgets: on a GPU pass longer ones (--time-budget) to use it.
+    device: str = "cpu"
     track_every: int = 20
     track_prompts: int = 12
     checkpoint_every: int = 50

@@ -118,8 +118,11 @@ def write_report(out: Path, docs: Path) -> Path:
              f"from `{out}/runs/<method>_s<seed>/eval.json`. Do not edit by hand.", ""]
     if plan:
         at = f", evaluated at {', '.join(f'{b:g}' for b in budgets)} s" if len(budgets) > 1 else ""
+        trained_on = sorted({r.get("device", "cpu") for rows in res.values() for r in rows if r.get("iterations")})
+        where = ("one CPU thread" if trained_on in ([], ["cpu"])
+                 else f"on {', '.join(d if d != 'cpu' else 'CPU' for d in trained_on)}")
         lines += [f"Settings: {plan.get('seeds')} seed(s) per table row, {plan.get('ablation_seeds')} per ablation, "
-                  f"{plan.get('time_budget_s'):g} s of training wall-clock per run{at} (one CPU thread), "
+                  f"{plan.get('time_budget_s'):g} s of training wall-clock per run{at} ({where}), "
                   f"evaluation on {4 * plan.get('prompts_per_level', 0) + plan.get('heldout_prompts', 0)} prompts "
                   f"(+ {plan.get('diversity_prompts')}x{plan.get('diversity_seeds')} for diversity). "
                   f"Job time summed over all runs (start-up, training, tracking, evaluation): "

@@ -15,6 +15,8 @@ from .report import write_report
 
 # Settings that only size the plan or the parallelism: a bench may resume with other values.
 _PLAN_ONLY = ("jobs", "startup_s", "eval_s", "track_overhead", "teacher_eval_s")
+# Settings added after a plan.json was written, with the value every bench before them had.
+_BEFORE_THE_SETTING = {"device": "cpu"}
 
 
 def _check_same_settings(out: Path, s: BenchSettings) -> None:
@@ -24,7 +26,7 @@ def _check_same_settings(out: Path, s: BenchSettings) -> None:
         return
     before = json.loads(path.read_text())
     # A setting the folder's plan.json lacks is newer than its runs (e.g. budgets): they differ too.
-    differ = sorted(k for k, v in asdict(s).items() if k not in _PLAN_ONLY and before.get(k, object()) != v)
+    differ = sorted(k for k, v in asdict(s).items() if k not in _PLAN_ONLY and before.get(k, _BEFORE_THE_SETTING.get(k, object())) != v)
     if differ:
         raise ValueError(f"'{out}' holds a bench run with other settings ({', '.join(differ)} differ, e.g. a "
                          f"--quick bench next to a full one); pass another --out or delete '{out}'")
