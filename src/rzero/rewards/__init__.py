@@ -30,4 +30,5 @@ def make_reward(name: str, **kwargs) -> Reward:
 
 
 __all__ = ["REWARDS", "AestheticReward", "ClipScoreReward", "HPSReward", "HPSv21Reward", "ImageRewardReward",
-           "PickScoreReward", "Reward", "WorldClipCoarseReward", "WorldClipReward", "WorldJudgeReward", "WorldQualityReward", "make_reward"]
+           "PickScoreReward", "Reward", "WorldClipCoarseReward", "WorldClipReward", "WorldJudgeReward",
+           "WorldQualityReward", "make_reward"]

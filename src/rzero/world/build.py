@@ -554,8 +554,8 @@ def build_world(cfg: WorldBuildConfig, only: list[str] | None = None, force: boo
             model, metrics = train_teacher(cfg, stage, data, work, out)
         else:
             model, metrics = {"inspector": train_inspector, "featnet": train_featnet, "clip": train_clip,
-                              "clip_coarse": partial(train_clip, stage="clip_coarse"), "judge": train_judge, "quality": train_quality,
-                              "sharpness": train_sharpness}[stage](cfg, pool)
+                              "clip_coarse": partial(train_clip, stage="clip_coarse"), "judge": train_judge,
+                              "quality": train_quality, "sharpness": train_sharpness}[stage](cfg, pool)
         atomic_save_safetensors(model.state_dict(), path, metadata={"stage": stage, "config_hash": h})
         # Re-read before writing: another build process may have finished a stage meanwhile.
         manifest = read_manifest(out) if (out / MANIFEST).exists() else {"assets": {}}

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from .assets import WORLD_TEACHERS, load_state
-from .models import (COARSE_POOL, WorldClip, WorldFeatureNet, WorldInspector, WorldJudge, WorldQuality, WorldSharpness,
-                     teacher_unet_config)
+from .models import (COARSE_POOL, WorldClip, WorldFeatureNet, WorldInspector, WorldJudge, WorldQuality,
+                     WorldSharpness, teacher_unet_config)
 
 
 def build_network(name: str) -> torch.nn.Module:

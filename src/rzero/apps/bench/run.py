@@ -25,8 +25,10 @@ def _check_same_settings(out: Path, s: BenchSettings) -> None:
     if not path.is_file():
         return
     before = json.loads(path.read_text())
-    # A setting the folder's plan.json lacks is newer than its runs (e.g. budgets): they differ too.
-    differ = sorted(k for k, v in asdict(s).items() if k not in _PLAN_ONLY and before.get(k, _BEFORE_THE_SETTING.get(k, object())) != v)
+    # A setting the folder's plan.json lacks is newer than its runs (e.g. budgets): they differ too,
+    # unless every bench before the setting had the value it has now.
+    differ = sorted(k for k, v in asdict(s).items()
+                    if k not in _PLAN_ONLY and before.get(k, _BEFORE_THE_SETTING.get(k, object())) != v)
     if differ:
         raise ValueError(f"'{out}' holds a bench run with other settings ({', '.join(differ)} differ, e.g. a "
                          f"--quick bench next to a full one); pass another --out or delete '{out}'")
