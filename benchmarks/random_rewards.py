@@ -39,10 +39,6 @@ CLIP_SIZES = {
                            hidden_act="gelu"),
                  vision=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
                              patch_size=14, image_size=224, hidden_act="gelu"), projection_dim=1024),
-    # The aesthetic head reads 768-d embeddings: the tiny CLIP keeps that projection width.
-    "tiny": dict(text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
-                 vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                             patch_size=8, image_size=TINY_IMAGE_SIZE), projection_dim=768),
 }
 TINY_BLIP = dict(vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                              image_size=TINY_IMAGE_SIZE, patch_size=8),
@@ -79,18 +75,19 @@ def random_weights():
 
 def write_clip_folder(folder: Path, size: str) -> Path:
     """A transformers CLIP folder holding only config.json and an offline tokenizer."""
-    from tiny_sd import clip_tokenizer
+    from tiny_sd import clip_tokenizer, tiny_hf_clip_config
     from transformers import CLIPConfig
 
     tok = clip_tokenizer(folder)  # writes vocab.json, merges.txt, tokenizer_config.json into `folder`
-    eos = tok.convert_tokens_to_ids("<|endoftext|>")
-    spec = CLIP_SIZES[size]
-    # The text tower keeps CLIP's real vocabulary (49408) and 77 positions: the tiny tokenizer's ids fit.
-    text = dict(vocab_size=49408, max_position_embeddings=77, eos_token_id=eos, pad_token_id=eos, bos_token_id=eos - 1,
-                **spec["text"])
-    if size == "tiny":
-        text["vocab_size"] = len(tok)
-    config = CLIPConfig(text_config=text, vision_config=spec["vision"], projection_dim=spec["projection_dim"])
+    if size == "tiny":  # the tests' tiny CLIP; the aesthetic head reads 768-d embeddings, so that projection width
+        config = tiny_hf_clip_config(tok, TINY_IMAGE_SIZE, patch_size=8, projection_dim=768)
+    else:
+        eos = tok.convert_tokens_to_ids("<|endoftext|>")
+        spec = CLIP_SIZES[size]
+        # The text tower keeps CLIP's real vocabulary (49408) and 77 positions: the tiny tokenizer's ids fit.
+        text = dict(vocab_size=49408, max_position_embeddings=77, eos_token_id=eos, pad_token_id=eos,
+                    bos_token_id=eos - 1, **spec["text"])
+        config = CLIPConfig(text_config=text, vision_config=spec["vision"], projection_dim=spec["projection_dim"])
     config.save_pretrained(folder)
     cfg = json.loads((folder / "tokenizer_config.json").read_text())
     (folder / "tokenizer_config.json").write_text(json.dumps({**cfg, "tokenizer_class": "CLIPTokenizer"}))
