@@ -21,16 +21,6 @@ def _final_train_rewards(rows: list[dict], last: int = 5) -> dict[str, float]:
     return out
 
 
-def _tracked_curve(rows: list[dict]) -> list[list[float]]:
-    """[[iteration, mean all-correct accuracy over L1..L4, world-FID], ...] from `track/` entries."""
-    curve = []
-    for r in rows:
-        accs = [r.get(f"track/acc_L{lv}") for lv in (1, 2, 3, 4)]
-        if all(a is not None for a in accs):
-            curve.append([r["step"], sum(accs) / 4, r.get("track/world_fid")])
-    return curve
-
-
 def _column_name(key: str) -> str:
     """stats.jsonl key -> curve column: 'track/acc_L1' -> 'acc_L1', 'reward/world-clip' -> 'reward_world_clip'."""
     key = key.removeprefix("track/")
@@ -144,7 +134,7 @@ def run_job(job: dict, out: str, settings: dict) -> dict:
             meta = read_meta(run / "final")  # the snapshot's checked metadata
             rows = read_jsonl(run / "stats.jsonl")
             result.update(train_seconds=meta["train_seconds"], iterations=meta["iteration"],
-                          tracked=_tracked_curve(rows), curve=run_curve(rows), **_final_train_rewards(rows))
+                          curve=run_curve(rows), **_final_train_rewards(rows))
             diag = [[r["step"], r["diag/log10_grad_norm_reward"], r["diag/log10_grad_norm_div"],
                      r["diag/cos_reward_div"]] for r in rows if r.get("diag/cos_reward_div") is not None]
             if diag:

@@ -31,6 +31,11 @@ def load_results(out: Path) -> dict[str, list[dict]]:
         for entry in [r, *r.get("budgets", [])]:
             entry["acc_mean"] = sum(entry[f"acc_L{lv}"] for lv in (1, 2, 3, 4)) / 4
             entry["acc_L34"] = (entry["acc_L3"] + entry["acc_L4"]) / 2
+        if "tracked" not in r and r.get("curve"):  # older eval.json stored it; it is the curve's mean column
+            t = r["curve"]["track"]
+            r["tracked"] = [[it, acc, fid] for it, acc, fid in
+                            zip(t["iteration"], t["acc_mean"], t.get("world_fid", [None] * len(t["iteration"])))
+                            if acc is not None]
         r["run_dir"] = str(path.parent)
         by_name.setdefault(r["name"], []).append(r)
     for rows in by_name.values():
