@@ -38,6 +38,7 @@ PROMPT_REWARDS = ("world-clip", "world-clip-coarse", "world-judge")
 @torch.no_grad()
 def reward_ranking(n: int, seed: int) -> dict:
     out = {}
+    rewards = {name: make_reward(name) for name in PROMPT_REWARDS}  # built once, not per level
     g = torch.Generator().manual_seed(seed)
     for lv in LEVELS:
         specs = sample_specs(n, lv, g)
@@ -48,8 +49,7 @@ def reward_ranking(n: int, seed: int) -> dict:
         other_specs = sample_specs(n, int(torch.randint(1, 5, (1,), generator=g)), g)
         other = describe(other_specs, random_templates(n, g))
         wrong = ~match(other_specs, scenes)["all_correct"]
-        for name in PROMPT_REWARDS:
-            r = make_reward(name)
+        for name, r in rewards.items():
             ok = (r(images, prompts) > r(images, other))[wrong]
             out[f"{name}_L{lv}"] = float(ok.float().mean())
     q = make_reward("world-quality")
