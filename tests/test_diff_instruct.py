@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -201,6 +203,29 @@ def test_resume_restores_fake_score_and_equals_straight_run(world_assets, tmp_pa
     teacher = straight.ref.unet.state_dict()
     assert any(not torch.equal(fa["net"][k], teacher[k]) for k in fa["net"])
 
+
+
+def test_distar_push_benchmark_reads_a_run_and_leaves_it_untouched(world_assets, tmp_path):
+    """benchmarks/distar_push.py (docs/decisions.md cites it): one row per timestep of its grid,
+    a push that exists, the reference's x0-prediction further from the sample at high noise than
+    at low noise, the JSON equal to what it returns, and the run's own folder unchanged."""
+    sys.path.insert(0, str(CONFIGS.parent / "benchmarks"))
+    import distar_push
+
+    run = tmp_path / "run"
+    _trainer(world_assets, run, "world_distar.yaml", ["iterations=1", "checkpoint_every=1", "di.t_init=399"]).fit()
+    before = {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*")}
+    out = distar_push.main([str(run), "--batch", "4", "--draws", "2", "--assets", str(world_assets),
+                            "--json", str(tmp_path / "push.json")])
+    assert [r["t"] for r in out["per_t"]] == list(distar_push.GRID)
+    for r in out["per_t"]:
+        assert math.isfinite(r["push_norm"]) and r["push_norm"] > 0, r
+        assert -1.0 <= r["cos_toward_teacher_sample"] <= 1.0, r
+    assert out["per_t"][-1]["ref_x0_rms_from_x0"] > out["per_t"][0]["ref_x0_rms_from_x0"]
+    assert json.loads((tmp_path / "push.json").read_text()) == out
+    assert {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*")} == before
+    with pytest.raises(SystemExit, match="no checkpoints"):
+        distar_push.main([str(tmp_path / "empty")])
 
 # ------------------------------------------------------------------ real-scale backbones (tiny random SD folders)
 
