@@ -15,7 +15,7 @@ with the run's weighting, pseudo-Huber C and alpha_cfg). It reports, per timeste
 - the RMS distance of the reference's guided x0-prediction from x0, which shows where CFG's
   x0-predictions leave the image range.
 
-docs/decisions.md ("The one-step plateau") cites its output. CPU, one thread, about a minute.
+docs/decisions.md ("What holds the one-step plateau") cites its output. CPU, one thread, about a minute.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ def main(argv: list[str] | None = None) -> dict:
     from rzero.diffusion import broadcast_to
     from rzero.diffusion.samplers import ddim_sample
     from rzero.trainers import TRAINERS
-    from rzero.trainers.fake_score import score_difference
 
     ckpts = sorted((args.run / "checkpoints").glob("step_*"))
     if not ckpts:
@@ -71,10 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
         z = torch.randn((b, *tr.backbone.latent_shape), generator=g)
         x0 = tr.generator(z, cond, 0.0).x0
 
-        def teacher_x0(x, t):
-            return tr.ref.guided_x0(x, t, cond, uncond, w_cfg)
-
-        x_star = ddim_sample(teacher_x0, z, sched.sampling_timesteps(25), sched)
+        x_star = ddim_sample(lambda x, t: tr.ref.guided_x0(x, t, cond, uncond, w_cfg), z,
+                             sched.sampling_timesteps(25), sched)
     toward = (x_star - x0).flatten(1)
     rows, total = [], torch.zeros_like(x0)
     for tv in GRID:
@@ -84,10 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
         for _ in range(args.draws):
             x_t = a * x0 + s * torch.randn(x0.shape, generator=g)
             with torch.no_grad():
-                x0_fake = tr.fake.view.predict_x0(x_t, t, cond)
-                x0_ref = teacher_x0(x_t, t)
-            y = score_difference(x0_fake, x0_ref, a, s)
-            push += tr.divergence_push(y, tr.weighting(x0, x0_ref, a, s), a) / args.draws
+                p, _, x0_ref = tr.push_at(x0, x_t, t, a, s, cond, uncond)
+            push += p / args.draws
             ref_err += float((x0_ref - x0).pow(2).mean().sqrt()) / args.draws
         total += push
         rows.append({"t": tv, "push_norm": float(push.flatten(1).norm(dim=1).mean()),

@@ -16,6 +16,9 @@ from rzero.losses import huber_push, inject, kl_push, pseudo_huber, pseudo_huber
 from rzero.utils.io import load_safetensors, torch_load_safe
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+sys.path.insert(0, str(CONFIGS.parent / "benchmarks"))
+import distar_push  # noqa: E402  (benchmarks/distar_push.py; imports rzero only inside main)
+
 TINY = ["batch_size=2", "log_every=1", "sample_every=1000", "track_every=0", "threads=2", "di.diagnostics_every=1"]
 
 
@@ -209,9 +212,6 @@ def test_distar_push_benchmark_reads_a_run_and_leaves_it_untouched(world_assets,
     """benchmarks/distar_push.py (docs/decisions.md cites it): one row per timestep of its grid,
     a push that exists, the reference's x0-prediction further from the sample at high noise than
     at low noise, the JSON equal to what it returns, and the run's own folder unchanged."""
-    sys.path.insert(0, str(CONFIGS.parent / "benchmarks"))
-    import distar_push
-
     run = tmp_path / "run"
     _trainer(world_assets, run, "world_distar.yaml", ["iterations=1", "checkpoint_every=1", "di.t_init=399"]).fit()
     before = {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*")}

@@ -101,6 +101,19 @@ class DiffInstructStarTrainer(RewardTrainer):
             w = w / (x0 - x0_ref).abs().flatten(1).mean(1).clamp_min(1e-6).view_as(w)
         return w
 
+    def push_at(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, a_t: torch.Tensor, b_t: torch.Tensor,
+                cond, uncond, grad_ref: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The detached push on x0 (B, C, h, w) from x_t = a_t x0 + b_t eps at t, with y = s_psi - s_ref_w
+        and the reference's guided x0-prediction (with gradient only if `grad_ref`: the "sim" path).
+        Also what benchmarks/distar_push.py measures, so the two cannot drift apart."""
+        with torch.no_grad():
+            x0_fake = self.fake.view.predict_x0(x_t.detach(), t, cond)
+        with torch.set_grad_enabled(grad_ref and torch.is_grad_enabled()):
+            x0_ref = self.ref.guided_x0(x_t, t, cond, uncond, self.cfg.di.alpha_cfg)  # CFG inside s_ref_w
+        y = score_difference(x0_fake, x0_ref.detach(), a_t, b_t)  # s_psi - s_ref_w, (B, C, h, w)
+        w = self.weighting(x0.detach(), x0_ref.detach(), a_t, b_t)
+        return self.divergence_push(y, w, a_t).detach(), y, x0_ref
+
     def divergence_loss(self, x0: torch.Tensor, cond, uncond, g: torch.Generator
                         ) -> tuple[torch.Tensor, dict[str, float]]:
         di = self.cfg.di
@@ -111,13 +124,7 @@ class DiffInstructStarTrainer(RewardTrainer):
         a_t, b_t = broadcast_to(sched.alpha(t), x0), broadcast_to(sched.sigma(t), x0)
         sim = di.gradient_path == "sim"
         x_t = a_t * (x0 if sim else x0.detach()) + b_t * eps
-        with torch.no_grad():
-            x0_fake = self.fake.view.predict_x0(x_t.detach(), t, cond)
-        with torch.set_grad_enabled(sim and torch.is_grad_enabled()):
-            x0_ref = self.ref.guided_x0(x_t, t, cond, uncond, di.alpha_cfg)  # CFG inside s_ref_w
-        y = score_difference(x0_fake, x0_ref.detach(), a_t, b_t)  # s_psi - s_ref_w, (B, C, h, w)
-        w = self.weighting(x0.detach(), x0_ref.detach(), a_t, b_t)
-        push = self.divergence_push(y, w, a_t).detach()
+        push, y, x0_ref = self.push_at(x0, x_t, t, a_t, b_t, cond, uncond, grad_ref=sim)
         if sim:
             # -w b^2 u . (s_ref(x_t) - grad log q(x_t|x0)) = -w u . a (x0_ref(x_t) - x0), u = -push / (w a).
             loss = (push * (x0_ref - x0)).sum() / x0.numel()
