@@ -232,7 +232,7 @@ def cmd_world(args) -> int:
         print(f"world build: manifest has {len(manifest['assets'])} assets")
         return 0
     if args.world_command == "verify":
-        from ..world.assets import verify_world
+        from ..world.loaders import verify_world
 
         for name, status in verify_world(Path(args.assets) if args.assets else None).items():
             print(f"{name:10s} {status}")

@@ -70,18 +70,3 @@ def load_state(model: torch.nn.Module, name: str, asset_dir: Path | None = None,
         raise AssetError(f"weights in '{path}' do not fit the {name} network ({detail}); "
                          f"rebuild with `rzero world build --only {name} --force`") from e
     return model.eval().requires_grad_(False)
-
-
-def verify_world(asset_dir: Path | None = None) -> dict[str, str]:
-    """Check every asset's checksum and load it into its network; returns name -> status."""
-    from .loaders import build_network
-
-    d = Path(asset_dir or default_asset_dir())
-    manifest = read_manifest(d)
-    report = {}
-    for name in ASSET_FILES:
-        if name not in manifest["assets"]:
-            raise AssetError(f"world asset '{name}' is missing from the manifest in {d}; run `rzero world build`")
-        load_state(build_network(name), name, d, verify=True)
-        report[name] = f"ok ({manifest['assets'][name]['bytes'] / 1e6:.1f} MB)"
-    return report

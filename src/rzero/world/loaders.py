@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from .assets import WORLD_TEACHERS, load_state
+from ..utils.io import AssetError
+from .assets import ASSET_FILES, WORLD_TEACHERS, default_asset_dir, load_state, read_manifest
 from .models import (COARSE_POOL, WorldClip, WorldFeatureNet, WorldInspector, WorldJudge, WorldQuality,
                      WorldSharpness, teacher_unet_config)
 
@@ -32,3 +33,16 @@ def _load_cached(name: str, asset_dir: str | None) -> torch.nn.Module:
 def load_world_network(name: str, asset_dir: str | Path | None = None) -> torch.nn.Module:
     """The frozen shipped network `name`; one instance per process (do not modify it)."""
     return _load_cached(name, str(asset_dir) if asset_dir else None)
+
+
+def verify_world(asset_dir: Path | None = None) -> dict[str, str]:
+    """Check every asset's checksum and load it into its network; returns name -> status."""
+    d = Path(asset_dir or default_asset_dir())
+    manifest = read_manifest(d)
+    report = {}
+    for name in ASSET_FILES:
+        if name not in manifest["assets"]:
+            raise AssetError(f"world asset '{name}' is missing from the manifest in {d}; run `rzero world build`")
+        load_state(build_network(name), name, d, verify=True)
+        report[name] = f"ok ({manifest['assets'][name]['bytes'] / 1e6:.1f} MB)"
+    return report
