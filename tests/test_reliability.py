@@ -628,6 +628,27 @@ def test_time_budget_snapshots_and_train_seconds_rows(tmp_path):
     assert not snapshot_dir(resumed, 0.12).exists() and (snapshot_dir(resumed, 0.3) / "generator.json").is_file()
 
 
+def test_budgets_decide_on_the_clock_the_rows_show(tmp_path, monkeypatch):
+    """A budget the clock reaches only once rounded (3 x 0.0399996 s = 0.1199988 s, shown as 0.12)
+    is snapshotted at the iteration whose row first shows it, and the time budget stops there too.
+    A fake clock that only the toy's "sleep" advances makes the case exact (the test above could
+    land on it by chance, and did: the snapshot came one iteration after the row)."""
+    from rzero.trainers.engine import snapshot_dir
+
+    now = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(time, "sleep", lambda s: now.__setitem__(0, now[0] + s))
+    out = tmp_path / "run"
+    cfg = toy_cfg(iterations=100, time_budget_s=0.2, snapshot_at_s=[0.12], checkpoint_every=1000)
+    ToyTrainer(cfg, out, sleep=0.0399996).fit()
+    rows = _rows(out)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert next(r for r in rows if r["train_seconds"] >= 0.12)["step"] == 3
+    meta = json.loads((snapshot_dir(out, 0.12) / "generator.json").read_text())
+    assert meta["iteration"] == 3 and meta["train_seconds"] == 0.12
+    assert rows[-1]["train_seconds"] == 0.2  # 5 x 0.0399996 = 0.199998: the budget ends iteration 5
+
+
 @pytest.mark.parametrize("bad", [[0.0], [2.0, 1.0], [1.0, 1.0]])
 def test_snapshot_budgets_must_increase(bad):
     with pytest.raises(ValueError, match="snapshot_at_s"):

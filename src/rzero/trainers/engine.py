@@ -296,7 +296,7 @@ class Trainer:
                    dynamic_ncols=True, disable=not acc.is_main_process)
         try:
             # Budgets already passed were snapshotted before the checkpoint this run resumed from.
-            self._snapshots_taken = sum(t <= self.train_seconds for t in cfg.snapshot_at_s)
+            self._snapshots_taken = sum(t <= self._clock() for t in cfg.snapshot_at_s)
             if self.iteration == 0:
                 self._sample_grid(self.out / "samples" / "step_000000.png")
                 tracked = self._track() if cfg.track_every else None
@@ -308,7 +308,7 @@ class Trainer:
                 self._after_step(stepped, metrics)
                 self.iteration += 1
                 self.train_seconds += time.perf_counter() - started
-                metrics["train_seconds"] = round(self.train_seconds, 3)
+                metrics["train_seconds"] = self._clock()
                 bar.update(1)
                 if self.consecutive_skips >= cfg.max_consecutive_skips:
                     logger.log(self.iteration, metrics)
@@ -325,7 +325,7 @@ class Trainer:
                     raise TrainingInterrupted(signum, self.iteration, self._newest_checkpoint())
                 # A wall-clock budget (equal-time comparisons in `rzero bench`) ends the run like the
                 # last iteration does. Tracking time is not counted: it is evaluation, not training.
-                out_of_time = cfg.time_budget_s > 0 and self._any_rank(cfg.time_budget_s <= self.train_seconds)
+                out_of_time = cfg.time_budget_s > 0 and self._any_rank(cfg.time_budget_s <= self._clock())
                 last = self.iteration == cfg.iterations or out_of_time
                 due = self._due_snapshots()
                 # A tracking row at each snapshot too: the curve then has a point at every budget.
@@ -350,12 +350,18 @@ class Trainer:
             bar.close()
             logger.close()
 
+    def _clock(self) -> float:
+        """The training clock as rows and snapshots show it: seconds, rounded to the millisecond. The
+        time budget and the snapshots decide on this value too, so the first row at or past a budget
+        is the iteration that took its snapshot (deciding on the unrounded sum put it one later)."""
+        return round(self.train_seconds, 3)
+
     def _due_snapshots(self) -> list[float]:
         """The `snapshot_at_s` budgets this iteration reached, in order. Rank 0's clock decides (the
         ranks' clocks differ a little; under FSDP a snapshot is a collective every rank must join)."""
         due, budgets = [], self.cfg.snapshot_at_s
         while self._snapshots_taken < len(budgets) and self._any_rank(
-                self.accelerator.is_main_process and budgets[self._snapshots_taken] <= self.train_seconds):
+                self.accelerator.is_main_process and budgets[self._snapshots_taken] <= self._clock()):
             due.append(budgets[self._snapshots_taken])
             self._snapshots_taken += 1
         return due
@@ -646,7 +652,7 @@ class Trainer:
             final.mkdir(parents=True, exist_ok=True)
             atomic_save_safetensors(weights, final / "generator.safetensors")
             meta = {"method": self.cfg.method, "backbone": self.cfg.backbone, "iteration": self.iteration,
-                    "train_seconds": round(self.train_seconds, 3), "skipped_steps": self.skipped_steps,
+                    "train_seconds": self._clock(), "skipped_steps": self.skipped_steps,
                     **self.snapshot_meta()}
             if self.alarm is not None and self.alarm.fired:
                 meta["hacking_alarm"] = self.alarm.events

@@ -1,4 +1,5 @@
-"""Constructors of the world networks by asset name, and cached frozen instances."""
+"""Constructors of the world networks by asset name, cached frozen instances, and the check that
+every shipped asset matches its checksum and loads (`rzero world verify`)."""
 
 from __future__ import annotations
 
