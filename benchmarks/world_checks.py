@@ -11,8 +11,13 @@
   from the web-caption teacher's 4-step samples of L3 and L4 prompts, with the inspector's
   all-correct and slot accuracy before and after. A reward whose ascent raises its own value
   but not the inspector's accuracy is hackable by construction: R0 follows its gradient.
+- the same on the generator's manifold (`--ascent-space noise`): the ascent moves the initial
+  noise of the frozen 4-step web teacher instead of the pixels (kept on the Gaussian's sphere),
+  so every image it scores is one the generator can draw. Each prompt reward alone, and R0's
+  composite direction (world-clip, world-judge, world-quality, each per-sample normalized).
 
     python benchmarks/world_checks.py --ascent-only --assets DIR --out runs/bench/ascent.json
+    python benchmarks/world_checks.py --ascent-only --ascent-space noise --ascent-steps 10 30 60
 """
 
 from __future__ import annotations
@@ -63,12 +68,18 @@ def reward_ranking(n: int, seed: int) -> dict:
 
 
 ASCENT_LR = 0.02  # Adam on pixels in [-1, 1]
+NOISE_ASCENT_LR = 0.05  # Adam on the unit-variance initial noise
+COMPOSITE = ("world-clip", "world-judge", "world-quality")  # R0's preset rewards
 
 
-def reward_ascent(names: tuple[str, ...], n: int, seed: int, steps: int, asset_dir=None) -> dict:
-    """Pixel ascent on each reward from the 4-step web teacher's samples; inspector before/after."""
+def reward_ascent(names: tuple[str, ...], n: int, seed: int, steps: list[int], asset_dir=None,
+                  space: str = "pixel") -> dict:
+    """Ascent on each reward (and, in noise space, R0's composite) from the 4-step web teacher's
+    samples; the inspector's accuracy before and after `steps` (a list of checkpoints)."""
+    from rzero.backbones import WorldBackbone
     from rzero.config.schema import EvalConfig
-    from rzero.eval.world_eval import teacher_source
+    from rzero.eval.world_eval import per_image_draws, teacher_source
+    from rzero.generator.few_step import FewStepGenerator
     from rzero.world.evaluators import read_scenes
 
     inspector = load_world_network("inspector")
@@ -79,28 +90,58 @@ def reward_ascent(names: tuple[str, ...], n: int, seed: int, steps: int, asset_d
                 "fraction": float(m["fraction"].mean()),  # share of asked attributes met (L4 asks no slot)
                 "slot": float(m["slot_ok"].sum() / m["slot_n"].sum().clamp_min(1))}
 
+    teacher = EvalConfig(teacher="teacher_web", steps=4, cfg=1.0)
+    source = teacher_source(teacher)  # the pixel ascent's start images (its committed results use these)
+    backbone = WorldBackbone(teacher="teacher_web").eval().requires_grad_(False)
+    generator = FewStepGenerator(backbone, 4)
+    rewards = {name: make_reward(name, asset_dir=asset_dir) for name in set(names) | set(COMPOSITE)}
+    targets = {name: (name,) for name in names}
+    if space == "noise":
+        targets["composite"] = COMPOSITE
     g = torch.Generator().manual_seed(seed)
-    source = teacher_source(EvalConfig(teacher="teacher_web", steps=4, cfg=1.0))
-    rewards = {name: make_reward(name, asset_dir=asset_dir) for name in names}
-    out = {"steps": steps, "lr": ASCENT_LR, "images_per_level": n}
+    lr = ASCENT_LR if space == "pixel" else NOISE_ASCENT_LR
+    out = {"space": space, "steps": steps, "lr": lr, "images_per_level": n}
     for lv in (3, 4):
         specs = sample_specs(n, lv, g)
         prompts = describe(specs, random_templates(n, g))
-        start = source.generate(prompts, specs, list(range(n)))
+        cond = backbone.encode_prompts(prompts)
+        z0, _ = per_image_draws(backbone.latent_shape, teacher.seed, list(range(n)))  # the source's noise
+        radius = z0.flatten(1).norm(dim=1)[:, None, None, None]
+
+        def draw(z):  # deterministic (eta 0): the image is a function of the noise alone
+            return backbone.decode(generator(z, cond, 0.0, generator=torch.Generator().manual_seed(0)).x0)
+
+        with torch.no_grad():
+            start = draw(z0).clamp(-1, 1) if space == "noise" else source.generate(prompts, specs, list(range(n)))
         out[f"L{lv}_start"] = accuracy(specs, start)
-        for name, reward in rewards.items():
-            x = start.clone().requires_grad_(True)
-            opt = torch.optim.Adam([x], lr=ASCENT_LR)
-            for _ in range(steps):
-                loss = -reward(x, prompts).mean()
+        for target, parts in targets.items():
+            var = (z0 if space == "noise" else start).clone().requires_grad_(True)
+            image = (lambda: draw(var)) if space == "noise" else (lambda: var)
+            opt = torch.optim.Adam([var], lr=lr)
+            for step in range(1, max(steps) + 1):
+                x = image()
+                xd = x.detach().requires_grad_(True)
+                if len(parts) == 1:  # one reward: the gradient of its mean, as the pixel check always did
+                    (direction,) = torch.autograd.grad(rewards[parts[0]](xd, prompts).mean(), xd)
+                else:  # R0's composite direction: each reward's per-sample normalized gradient, summed
+                    direction = 0
+                    for name in parts:
+                        (grad,) = torch.autograd.grad(rewards[name](xd, prompts).sum(), xd)
+                        direction = direction + grad / (grad.flatten(1).norm(dim=1)[:, None, None, None] + 1e-12)
                 opt.zero_grad()
-                loss.backward()
+                x.backward(-direction)
                 opt.step()
-            with torch.no_grad():
-                end = x.detach().clamp(-1, 1)
-                out[f"L{lv}_{name}"] = {"reward_before": float(reward(start, prompts).mean()),
-                                        "reward_after": float(reward(end, prompts).mean()),
-                                        **accuracy(specs, end)}
+                if space == "noise":
+                    with torch.no_grad():  # stay on the sphere where Gaussian noise lives
+                        var.mul_(radius / var.flatten(1).norm(dim=1)[:, None, None, None])
+                if step in steps:
+                    with torch.no_grad():
+                        end = image().detach().clamp(-1, 1)
+                        key = f"L{lv}_{target}" if len(steps) == 1 else f"L{lv}_{target}_{step}"
+                        out[key] = {**{f"{name}_before": float(rewards[name](start, prompts).mean())
+                                       for name in parts},
+                                    **{f"{name}_after": float(rewards[name](end, prompts).mean()) for name in parts},
+                                    **accuracy(specs, end)}
     return out
 
 
@@ -112,7 +153,10 @@ def main() -> None:
     ap.add_argument("--ascent", action="store_true", help="also run the gradient-alignment check")
     ap.add_argument("--ascent-only", action="store_true", help="run only the gradient-alignment check")
     ap.add_argument("--ascent-n", type=int, default=64, help="images per level in the ascent check")
-    ap.add_argument("--ascent-steps", type=int, default=100)
+    ap.add_argument("--ascent-steps", type=int, nargs="+", default=[100],
+                    help="ascent length; several values report each as a checkpoint of one ascent")
+    ap.add_argument("--ascent-space", choices=["pixel", "noise"], default="pixel",
+                    help="move the pixels, or the initial noise of the frozen 4-step web teacher")
     ap.add_argument("--assets", default="", help="world asset folder for the rewards (default: the package's)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -130,7 +174,7 @@ def main() -> None:
         }
     if args.ascent or args.ascent_only:
         result["ascent"] = reward_ascent(PROMPT_REWARDS, args.ascent_n, args.seed + 2,
-                                         args.ascent_steps, args.assets or None)
+                                         sorted(set(args.ascent_steps)), args.assets or None, args.ascent_space)
         result["assets"] = args.assets or "package"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

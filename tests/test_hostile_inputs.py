@@ -471,6 +471,7 @@ def test_world_schedule_constant_matches_the_backbone(world_assets):
     ({"steps": 4, "timesteps": "999"}, "timesteps"),
     ({"steps": 4, "inference_eta": 7}, "inference_eta"),  # before: sampled with eta 7, exit 0
     ({"steps": 4, "lora": 5}, "lora"),
+    ({"steps": 4, "backbone_path": "teacher_v9"}, "not a world teacher"),  # a world base that is no asset
     ({"steps": 4000000}, "steps"),
 ])
 def test_snapshot_metadata_out_of_range(capsys, snapshot, world_assets, meta, fragment):

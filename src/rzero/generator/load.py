@@ -2,7 +2,8 @@
 
 A snapshot (`final/` of `rzero train`) is generator.safetensors (the trained weights: the
 whole denoiser, or only its LoRA adapters) + generator.json (steps, timesteps, re-noise
-mode, and for real-scale backbones the model path, dtype and LoRA settings) + config.yaml.
+mode, LoRA settings, the base model: a path and dtype for real-scale backbones, the teacher
+asset on the world) + config.yaml.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from ..config.schema import WORLD_TIMESTEPS
 from ..utils.io import AssetError, copy_weights_, load_safetensors, shorten
+from ..world.assets import WORLD_TEACHERS
 from .few_step import FewStepGenerator
 
 
@@ -35,15 +37,18 @@ def build_backbone(cfg, asset_dir=None, device=None):
 
 
 def backbone_meta(cfg) -> dict:
-    """What a snapshot must record to rebuild the backbone (goes into generator.json)."""
+    """What a snapshot must record to rebuild the backbone (goes into generator.json).
+
+    A LoRA snapshot holds only the adapters, so the loader must rebuild the same base network:
+    on the world that is the teacher asset the run started from (`teacher` or `teacher_web`)."""
+    lora = cfg.lora
+    lora_meta = {"lora": {"rank": lora.rank, "alpha": lora.alpha, "target_modules": list(lora.target_modules)}}
     if cfg.backbone == "world":
-        return {}
+        return {"backbone_path": cfg.backbone_path or "teacher", **lora_meta}
     path = cfg.backbone_path
     if Path(path).expanduser().exists():  # a local folder: absolute, so the snapshot loads from anywhere
         path = str(Path(path).expanduser().resolve())
-    lora = cfg.lora
-    return {"backbone_path": path, "backbone_dtype": cfg.backbone_dtype,
-            "lora": {"rank": lora.rank, "alpha": lora.alpha, "target_modules": list(lora.target_modules)}}
+    return {"backbone_path": path, "backbone_dtype": cfg.backbone_dtype, **lora_meta}
 
 
 def resolve_snapshot(path: str | Path) -> Path:
@@ -79,6 +84,8 @@ def _meta_problem(meta: dict) -> str:
         return f"'backbone' is {shorten(repr(meta['backbone']), 40)}, not one of world, sd15, sd3"
     if meta.get("backbone", "world") != "world" and not meta.get("backbone_path"):
         return f"names backbone '{meta['backbone']}' but no 'backbone_path'"
+    if meta.get("backbone", "world") == "world" and meta.get("backbone_path", "teacher") not in ("", *WORLD_TEACHERS):
+        return f"'backbone_path' is {shorten(repr(meta['backbone_path']), 40)}, not a world teacher ({', '.join(WORLD_TEACHERS)})"
     if meta.get("renoise", "mix") not in ("mix", "ddim_sigma"):
         return f"'renoise' is {shorten(repr(meta['renoise']), 40)}, not 'mix' or 'ddim_sigma'"
     if "backbone_dtype" in meta and meta["backbone_dtype"] not in ("float32", "bfloat16", "float16"):
