@@ -80,6 +80,7 @@ def reward_ascent(names: tuple[str, ...], n: int, seed: int, steps: list[int], a
     from rzero.config.schema import EvalConfig
     from rzero.eval.world_eval import per_image_draws, teacher_source
     from rzero.generator.few_step import FewStepGenerator
+    from rzero.rewards.composite import CompositeReward
     from rzero.world.evaluators import read_scenes
 
     inspector = load_world_network("inspector")
@@ -91,55 +92,62 @@ def reward_ascent(names: tuple[str, ...], n: int, seed: int, steps: list[int], a
                 "slot": float(m["slot_ok"].sum() / m["slot_n"].sum().clamp_min(1))}
 
     teacher = EvalConfig(teacher="teacher_web", steps=4, cfg=1.0)
-    source = teacher_source(teacher)  # the pixel ascent's start images (its committed results use these)
-    backbone = WorldBackbone(teacher="teacher_web").eval().requires_grad_(False)
-    generator = FewStepGenerator(backbone, 4)
-    rewards = {name: make_reward(name, asset_dir=asset_dir) for name in set(names) | set(COMPOSITE)}
-    targets = {name: (name,) for name in names}
-    if space == "noise":
-        targets["composite"] = COMPOSITE
+    noise_space = space == "noise"
+    if noise_space:
+        backbone = WorldBackbone(teacher="teacher_web").eval().requires_grad_(False)
+        generator = FewStepGenerator(backbone, 4)
+    else:
+        source = teacher_source(teacher)  # the start images of the committed pixel results
+    needed = set(names) | set(COMPOSITE if noise_space else ())
+    rewards = {name: make_reward(name, asset_dir=asset_dir) for name in needed}
+
+    def mean_gradient(name):  # one reward: the gradient of its mean, as the pixel check always did
+        return lambda x, prompts: torch.autograd.grad(rewards[name](x, prompts).mean(), x)[0]
+
+    # name -> (rewards it reports, direction at detached images x with requires_grad)
+    targets = {name: ((name,), mean_gradient(name)) for name in names}
+    if noise_space:  # delta 1e-12: the committed numbers were measured with it
+        composite = CompositeReward({name: rewards[name] for name in COMPOSITE}, delta=1e-12)
+        targets["composite"] = (COMPOSITE, composite.direction)
     g = torch.Generator().manual_seed(seed)
-    lr = ASCENT_LR if space == "pixel" else NOISE_ASCENT_LR
+    lr = NOISE_ASCENT_LR if noise_space else ASCENT_LR
     out = {"space": space, "steps": steps, "lr": lr, "images_per_level": n}
     for lv in (3, 4):
         specs = sample_specs(n, lv, g)
         prompts = describe(specs, random_templates(n, g))
-        cond = backbone.encode_prompts(prompts)
-        z0, _ = per_image_draws(backbone.latent_shape, teacher.seed, list(range(n)))  # the source's noise
-        radius = z0.flatten(1).norm(dim=1)[:, None, None, None]
+        if noise_space:
+            cond = backbone.encode_prompts(prompts)
+            z0, _ = per_image_draws(backbone.latent_shape, teacher.seed, list(range(n)))  # the source's noise
+            radius = z0.flatten(1).norm(dim=1)[:, None, None, None]
 
-        def draw(z):  # deterministic (eta 0): the image is a function of the noise alone
-            return backbone.decode(generator(z, cond, 0.0, generator=torch.Generator().manual_seed(0)).x0)
+            def draw(z):  # deterministic (eta 0): the image is a function of the noise alone
+                return backbone.decode(generator(z, cond, 0.0, generator=torch.Generator().manual_seed(0)).x0)
 
-        with torch.no_grad():
-            start = draw(z0).clamp(-1, 1) if space == "noise" else source.generate(prompts, specs, list(range(n)))
+            with torch.no_grad():
+                start = draw(z0).clamp(-1, 1)
+        else:
+            start = source.generate(prompts, specs, list(range(n)))
         out[f"L{lv}_start"] = accuracy(specs, start)
-        for target, parts in targets.items():
-            var = (z0 if space == "noise" else start).clone().requires_grad_(True)
-            image = (lambda: draw(var)) if space == "noise" else (lambda: var)
+        for target, (parts, direction_at) in targets.items():
+            with torch.no_grad():
+                before = {f"{name}_before": float(rewards[name](start, prompts).mean()) for name in parts}
+            var = (z0 if noise_space else start).clone().requires_grad_(True)
+            image = (lambda: draw(var)) if noise_space else (lambda: var)
             opt = torch.optim.Adam([var], lr=lr)
             for step in range(1, max(steps) + 1):
                 x = image()
-                xd = x.detach().requires_grad_(True)
-                if len(parts) == 1:  # one reward: the gradient of its mean, as the pixel check always did
-                    (direction,) = torch.autograd.grad(rewards[parts[0]](xd, prompts).mean(), xd)
-                else:  # R0's composite direction: each reward's per-sample normalized gradient, summed
-                    direction = 0
-                    for name in parts:
-                        (grad,) = torch.autograd.grad(rewards[name](xd, prompts).sum(), xd)
-                        direction = direction + grad / (grad.flatten(1).norm(dim=1)[:, None, None, None] + 1e-12)
+                direction = direction_at(x.detach().requires_grad_(True), prompts)
                 opt.zero_grad()
                 x.backward(-direction)
                 opt.step()
-                if space == "noise":
+                if noise_space:
                     with torch.no_grad():  # stay on the sphere where Gaussian noise lives
                         var.mul_(radius / var.flatten(1).norm(dim=1)[:, None, None, None])
                 if step in steps:
                     with torch.no_grad():
                         end = image().detach().clamp(-1, 1)
                         key = f"L{lv}_{target}" if len(steps) == 1 else f"L{lv}_{target}_{step}"
-                        out[key] = {**{f"{name}_before": float(rewards[name](start, prompts).mean())
-                                       for name in parts},
+                        out[key] = {**before,
                                     **{f"{name}_after": float(rewards[name](end, prompts).mean()) for name in parts},
                                     **accuracy(specs, end)}
     return out

@@ -114,6 +114,8 @@ def test_world_lora_snapshot_reloads_on_the_teacher_it_trained_from(world_assets
     """A world LoRA snapshot holds only the adapters: generator.json must name the base teacher
     and the LoRA settings, or `rzero eval` cannot load it (it failed on unknown lora_ weights) or
     would put the adapters on the wrong teacher."""
+    import json
+
     from rzero.config import load_config
     from rzero.config.schema import TrainConfig
     from rzero.generator import load_generator
@@ -123,8 +125,8 @@ def test_world_lora_snapshot_reloads_on_the_teacher_it_trained_from(world_assets
 
     targets = ["attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"]
     cfg = load_config(TrainConfig, CONFIGS / "world_r0.yaml",
-                      ["batch_size=2", "sample_every=1000", "track_every=0", "iterations=2", "checkpoint_every=2", "ema_decay=0",
-                       "generator.steps=2", "backbone_path=teacher_web", "lora.rank=2", "optim.lr=1e-2",
+                      ["batch_size=2", "sample_every=1000", "track_every=0", "iterations=2", "checkpoint_every=2",
+                       "ema_decay=0", "generator.steps=2", "backbone_path=teacher_web", "lora.rank=2", "optim.lr=1e-2",
                        f"lora.target_modules=[{','.join(targets)}]"])
     tr = R0Trainer(cfg, tmp_path, asset_dir=world_assets)
     final = tr.fit()
@@ -139,6 +141,6 @@ def test_world_lora_snapshot_reloads_on_the_teacher_it_trained_from(world_assets
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     # The same adapters on the other teacher draw other images: the base teacher matters.
     meta["backbone_path"] = "teacher"
-    (final / "generator.json").write_text(__import__("json").dumps(meta))
+    (final / "generator.json").write_text(json.dumps(meta))
     other, _ = load_generator(final, asset_dir=world_assets)
     assert (other.sample(prompts, noise, 0.0, generator=torch.Generator().manual_seed(0)) - want).abs().max() > 1e-2

@@ -84,8 +84,9 @@ def _meta_problem(meta: dict) -> str:
         return f"'backbone' is {shorten(repr(meta['backbone']), 40)}, not one of world, sd15, sd3"
     if meta.get("backbone", "world") != "world" and not meta.get("backbone_path"):
         return f"names backbone '{meta['backbone']}' but no 'backbone_path'"
-    if meta.get("backbone", "world") == "world" and meta.get("backbone_path", "teacher") not in ("", *WORLD_TEACHERS):
-        return f"'backbone_path' is {shorten(repr(meta['backbone_path']), 40)}, not a world teacher ({', '.join(WORLD_TEACHERS)})"
+    if meta.get("backbone", "world") == "world" and meta.get("backbone_path", "") not in ("", *WORLD_TEACHERS):
+        return (f"'backbone_path' is {shorten(repr(meta['backbone_path']), 40)}, not a world teacher "
+                f"({', '.join(WORLD_TEACHERS)})")
     if meta.get("renoise", "mix") not in ("mix", "ddim_sigma"):
         return f"'renoise' is {shorten(repr(meta['renoise']), 40)}, not 'mix' or 'ddim_sigma'"
     if "backbone_dtype" in meta and meta["backbone_dtype"] not in ("float32", "bfloat16", "float16"):

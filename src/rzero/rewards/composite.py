@@ -73,13 +73,7 @@ class CompositeReward(torch.nn.Module):
             return total, metrics
 
         # 1) Each reward's gradient at a detached copy of the images, normalized per sample.
-        x = images.detach().requires_grad_(True)
-        direction = torch.zeros_like(x)
-        for name in self.names:
-            (grad,) = torch.autograd.grad(self._score(name, x, prompts, metrics).sum(), x)
-            norm = self._per_sample_norm(grad)
-            direction += self.weights[name] * grad / (norm + self.delta)
-            metrics[f"grad_norm/{name}"] = float(norm.mean())
+        direction = self.direction(images, prompts, metrics)
         # 2) Extra directions, normalized the same way. Those on the images join g; those on
         #    another tensor (latents) get their own surrogate with the images' 1/numel, so that
         #    a unit-norm push weighs the same in either space.
@@ -93,6 +87,21 @@ class CompositeReward(torch.nn.Module):
                 loss = loss + self._inject(at, w * grad / (norm + self.delta), images.numel())
         # 3) Inject g: the surrogate's gradient w.r.t. images is exactly -g / numel.
         return loss + self._inject(images, direction, images.numel()), metrics
+
+    def direction(self, images: torch.Tensor, prompts: list[str],
+                  metrics: dict[str, float] | None = None) -> torch.Tensor:
+        """g of the module docstring at `images` (taken detached): each reward's gradient,
+        normalized per sample, weighted and summed. `metrics` collects the rewards' means and
+        gradient norms. Also the direction the world's reward ascent check follows."""
+        metrics = {} if metrics is None else metrics
+        x = images.detach().requires_grad_(True)
+        direction = torch.zeros_like(x)
+        for name in self.names:
+            (grad,) = torch.autograd.grad(self._score(name, x, prompts, metrics).sum(), x)
+            norm = self._per_sample_norm(grad)
+            direction += self.weights[name] * grad / (norm + self.delta)
+            metrics[f"grad_norm/{name}"] = float(norm.mean())
+        return direction
 
     @staticmethod
     def _inject(at: torch.Tensor, push: torch.Tensor, denom: int) -> torch.Tensor:
