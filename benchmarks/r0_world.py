@@ -3,10 +3,17 @@
     python benchmarks/r0_world.py --out runs/bench_r0 [--iterations 300] [--presets world_r0 world_r0plus world_r0_noreg]
         [--seed N] [--track-prompts 100] [--prompts-per-level 300 --diversity-prompts 96]
 
+    python benchmarks/r0_world.py --out runs/bench_r0_web --teacher teacher_web --presets world_r0_web world_r0plus_web
+
 For each preset: train with held-out tracking every `--track-every` iterations (resumable),
 then run the full `rzero eval` protocol on the final snapshot. The teacher (25 DDIM steps,
 CFG 7.5) is evaluated once. Writes `results.json` (every number) and `results.md`
 (regenerated from the JSON) into --out.
+
+A preset's role comes from its name: `*r0plus*` is R0+, `*noreg*` the no-regularization control,
+any other the R0 that the claims compare with the teacher. The targets are those of the teacher's
+issue: the shipped teacher's (L3/L4 +10 points, world-FID <= 1.5x) or, with `--teacher teacher_web`,
+issue 20's (+20 points, <= 1.2x, held-out and acc_paraphrase not below the teacher's).
 """
 
 from __future__ import annotations
@@ -26,9 +33,39 @@ from rzero.utils.stats import read_jsonl
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
+# Targets per base model: the shipped teacher's (its R0 issue) and the web teacher's (issue 20).
+# `converge`: the tracked number R0+ must reach (R0's final value) in <= 70 % of R0's iterations.
+TARGETS = {"teacher": {"points": 10, "fid_ratio": 1.5, "diversity_ratio": 0.7, "no_lower": (),
+                       "converge": "track/acc_L4"},
+           "teacher_web": {"points": 20, "fid_ratio": 1.2, "diversity_ratio": 0.7,
+                           "no_lower": ("acc_heldout", "acc_paraphrase"), "converge": "mean_L3_L4"}}
+
+
+def role(preset: str) -> str:
+    return "r0plus" if "r0plus" in preset else "noreg" if "noreg" in preset else "r0"
+
+
+def by_role(presets: list[str]) -> dict[str, str]:
+    """The first preset of each role."""
+    roles: dict[str, str] = {}
+    for p in presets:
+        roles.setdefault(role(p), p)
+    return roles
+
+
+def tracked(row: dict, key: str) -> float | None:
+    """A tracked number of one stats row; "mean_L3_L4" is the mean of L3 and L4 all-correct accuracy."""
+    if key != "mean_L3_L4":
+        return row.get(key)
+    if row.get("track/acc_L3") is None or row.get("track/acc_L4") is None:
+        return None
+    return 0.5 * (row["track/acc_L3"] + row["track/acc_L4"])
+
+
 def first_reaching(rows: list[dict], key: str, target: float) -> int | None:
     for r in rows:
-        if r.get(key) is not None and r[key] >= target:
+        value = tracked(r, key)
+        if value is not None and value >= target:
             return int(r["step"])
     return None
 
@@ -42,21 +79,30 @@ def report(results: dict) -> str:
     lines.append("## Claims\n")
     ev = results["eval"]
     t = ev.get("teacher")
-    r0 = ev.get("world_r0")
+    roles = results.get("roles", {"r0": "world_r0"})
+    r0 = ev.get(roles.get("r0", ""))
+    goal = TARGETS[(results.get("eval_setup") or {}).get("teacher", "teacher")]
     if t and r0:
         for k in ("acc_L3", "acc_L4"):
-            lines.append(f"- {k}: R0 {r0[k]:.3f} vs teacher {t[k]:.3f} ({100 * (r0[k] - t[k]):+.1f} points; target +10)")
-        lines.append(f"- world-FID ratio R0/teacher: {r0['world_fid'] / t['world_fid']:.2f} (target <= 1.5)")
-        lines.append(f"- diversity ratio R0/teacher: {r0['diversity'] / t['diversity']:.2f} (target >= 0.70)")
+            lines.append(f"- {k}: R0 {r0[k]:.3f} vs teacher {t[k]:.3f} ({100 * (r0[k] - t[k]):+.1f} points; "
+                         f"target +{goal['points']})")
+        for k in goal["no_lower"]:
+            lines.append(f"- {k}: R0 {r0[k]:.3f} vs teacher {t[k]:.3f} (target: not lower)")
+        lines.append(f"- world-FID ratio R0/teacher: {r0['world_fid'] / t['world_fid']:.2f} "
+                     f"(target <= {goal['fid_ratio']})")
+        lines.append(f"- diversity ratio R0/teacher: {r0['diversity'] / t['diversity']:.2f} "
+                     f"(target >= {goal['diversity_ratio']:.2f})")
         lines.append(f"- ms/image: R0 {r0['ms_per_image']:.1f} (NFE {r0['nfe']}) vs teacher "
                      f"{t['ms_per_image']:.1f} (NFE {t['nfe']})")
     conv = results.get("convergence")
     if conv:
-        lines.append(f"- R0+ reaches R0's final tracked L4 accuracy ({conv['r0_final_acc_L4']:.3f}) at iteration "
+        metric = conv.get("metric", "track/acc_L4").removeprefix("track/")  # older folders: L4, unrecorded
+        final = conv.get("r0_final", conv.get("r0_final_acc_L4"))
+        lines.append(f"- R0+ reaches R0's final tracked {metric} ({final:.3f}) at iteration "
                      f"{conv['r0plus_first_iteration']} of R0's {conv['r0_iterations']} "
                      f"(ratio {conv['ratio'] if conv['ratio'] is not None else 'never'}; target <= 0.70)")
         for name, curve in conv.get("curves", {}).items():  # the noise the check above lives with
-            lines.append(f"  - tracked L4, {name}: " + ", ".join(f"{a:.2f}@{step}" for step, a in curve))
+            lines.append(f"  - tracked {metric}, {name}: " + ", ".join(f"{a:.2f}@{step}" for step, a in curve))
     hack = results.get("hacking")
     if hack:
         lines.append(f"- no regularization: training rewards {hack['reward_change']}, tracked L4 accuracy "
@@ -124,18 +170,21 @@ def main() -> None:
                 res_path.write_text(json.dumps(results, indent=2))
         runs = {p: out / p for p in args.presets}
         tracks = {p: read_jsonl(out / p / "stats.jsonl") for p in args.presets}
-        if "world_r0" in tracks and "world_r0plus" in tracks:
-            r0_rows = [r for r in tracks["world_r0"] if "track/acc_L4" in r]
-            target = r0_rows[-1]["track/acc_L4"]
-            it = first_reaching(tracks["world_r0plus"], "track/acc_L4", target)
-            results["convergence"] = {"r0_final_acc_L4": target, "r0_iterations": r0_rows[-1]["step"],
+        roles = results["roles"] = by_role(args.presets)
+        if "r0" in roles and "r0plus" in roles:
+            key = TARGETS[args.teacher]["converge"]
+            r0_rows = [r for r in tracks[roles["r0"]] if tracked(r, key) is not None]
+            target = tracked(r0_rows[-1], key)
+            it = first_reaching(tracks[roles["r0plus"]], key, target)
+            results["convergence"] = {"metric": key, "r0_final": target, "r0_iterations": r0_rows[-1]["step"],
                                       "r0plus_first_iteration": it,
                                       "ratio": None if it is None else round(it / r0_rows[-1]["step"], 3),
-                                      "curves": {p: [[r["step"], r["track/acc_L4"]] for r in tracks[p]
-                                                     if "track/acc_L4" in r] for p in ("world_r0", "world_r0plus")}}
-        if "world_r0_noreg" in tracks:
-            rows = [r for r in tracks["world_r0_noreg"] if "track/acc_L4" in r]
-            rew = [r for r in tracks["world_r0_noreg"] if "reward/world-judge" in r]
+                                      "curves": {p: [[r["step"], tracked(r, key)] for r in tracks[p]
+                                                     if tracked(r, key) is not None]
+                                                 for p in (roles["r0"], roles["r0plus"])}}
+        if "noreg" in roles:
+            rows = [r for r in tracks[roles["noreg"]] if "track/acc_L4" in r]
+            rew = [r for r in tracks[roles["noreg"]] if "reward/world-judge" in r]
             results["hacking"] = {
                 "acc_L4_first": rows[0]["track/acc_L4"], "acc_L4_last": rows[-1]["track/acc_L4"],
                 "fid_first": rows[0]["track/world_fid"], "fid_last": rows[-1]["track/world_fid"],
