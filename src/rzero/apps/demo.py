@@ -1,9 +1,10 @@
 """`rzero demo` (`make demo`): the main job on the built-in world.
 
-Trains R0 (configs/world_r0.yaml) from the shipped teacher, then evaluates real renders, the
-teacher (25 DDIM steps, CFG 7.5) and the 4-step R0 generator with the same protocol and
-writes a Markdown report: image grids at fixed prompts and seeds, the metrics table and
-training curves. Training resumes if the run folder already has checkpoints.
+Trains R0 (configs/world_r0.yaml, or another world R0 preset with `--preset`) from its world
+teacher, then evaluates real renders, that teacher (25 DDIM steps, CFG 7.5) and the 4-step R0
+generator with the same protocol and writes a Markdown report: image grids at fixed prompts and
+seeds, the metrics table and training curves. Training resumes if the run folder already has
+checkpoints.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..config.schema import EvalConfig, TrainConfig
 from ..eval.plots import plot_curves
 from ..eval.report import eval_markdown, save_grid, write_json
 from ..eval.world_eval import evaluate_world, generator_source, real_source, render_real, teacher_source
+from ..utils.guards import resume_changes
 from ..world.prompts import GRID_SEED, fixed_prompts
 from ..world.scene import match
 
@@ -28,7 +30,13 @@ PRESET = Path(__file__).resolve().parents[3] / "configs" / "world_r0.yaml"
 def _train_config(quick: bool, preset: Path | None) -> TrainConfig:
     overrides = ["iterations=4", "batch_size=4", "track_every=2", "track_prompts=4"] if quick else []
     if preset is not None and preset.is_file():
-        return load_config(TrainConfig, preset, overrides)
+        cfg = load_config(TrainConfig, preset, overrides)
+        if cfg.method != "r0" or cfg.backbone != "world":
+            raise ValueError(f"the demo trains R0 on the built-in world; {preset} is method '{cfg.method}' on "
+                             f"backbone '{cfg.backbone}' (use configs/world_r0*.yaml, or `rzero train` for it)")
+        return cfg
+    if preset is not None and preset != PRESET:
+        raise FileNotFoundError(f"demo preset {preset} not found (give a world R0 preset, e.g. configs/world_r0_web.yaml)")
     # Installed without the repository's configs/: TrainConfig's defaults mirror world_r0.yaml.
     return load_config(TrainConfig, None, overrides)
 
@@ -90,12 +98,18 @@ def run_demo(out: Path, quick: bool = False, preset: Path | None = PRESET) -> Pa
     # 1) Train R0 (resumes if interrupted).
     train_cfg = _train_config(quick, preset)
     run_dir = out / "r0"
+    if (run_dir / "config.yaml").is_file():  # resuming: only the run this preset would train
+        changes = resume_changes(load_config(TrainConfig, run_dir / "config.yaml"), train_cfg)
+        if changes:
+            raise ValueError(f"{run_dir} holds a demo run of another preset ({'; '.join(changes)}); pass another --out")
     R0Trainer(train_cfg, run_dir).fit()
     train_seconds = time.time() - t0
 
     # 2) Grids at fixed prompts and seeds: real renders, teacher, R0.
-    cfg = (EvalConfig(prompts_per_level=8, heldout_prompts=8, diversity_prompts=4, paraphrase_per_level=4, steps=25)
-           if quick else EvalConfig())
+    # The teacher R0 started from is the one it is compared with (world v2: teacher_web).
+    teacher = train_cfg.backbone_path or "teacher"
+    cfg = (EvalConfig(prompts_per_level=8, heldout_prompts=8, diversity_prompts=4, paraphrase_per_level=4, steps=25,
+                      teacher=teacher) if quick else EvalConfig(teacher=teacher))
     sources = [real_source(cfg.seed + 1), teacher_source(cfg), generator_source(run_dir, cfg)]
     prompts, specs = fixed_prompts()
     seeds = 4
@@ -126,8 +140,10 @@ def run_demo(out: Path, quick: bool = False, preset: Path | None = PRESET) -> Pa
 
     t, r = rows[sources[1].name], rows[sources[2].name]
     prompt_list = "\n".join(f"{i + 1}. {p}" for i, p in enumerate(prompts))
+    preset_name = preset.name if preset is not None and preset.is_file() else "world_r0 defaults"
     report = (
         "# rzero demo: R0 on the built-in world\n\n"
+        f"Preset {preset_name}, teacher `{teacher}`. "
         f"Wall-clock {time.time() - t0:.0f} s in all, of which R0 training {train_seconds:.0f} s "
         f"({train_cfg.iterations} iterations of batch {train_cfg.batch_size}). "
         f"{'Quick mode (tiny run and prompt sets). ' if quick else ''}\n\n"

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "renders with the world protocol, and write a Markdown report.")
     d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     d.add_argument("--quick", action="store_true", help="a smaller prompt set (for smoke tests)")
+    d.add_argument("--preset", default=None,
+                   help="world R0 preset to train (default configs/world_r0.yaml; the report compares R0 with the "
+                        "preset's teacher, e.g. configs/world_r0_web.yaml: teacher_web)")
     return parser
 
 
@@ -438,7 +441,8 @@ def check_resume_config(out: Path, cfg, allow_change: bool) -> None:
 def cmd_demo(args) -> int:
     from ..apps.demo import run_demo
 
-    path = run_demo(Path(args.out), quick=args.quick)
+    kwargs = {"preset": Path(args.preset)} if args.preset else {}
+    path = run_demo(Path(args.out), quick=args.quick, **kwargs)
     print(f"demo: report written to {path}")
     return 0
 
