@@ -177,7 +177,9 @@ def plot(results: dict, path: Path) -> None:
         ax.scatter([], [], color="k", marker=mk, label=f"{length} iterations")
     ax.set_xlabel("world-FID (lower is better)")
     ax.set_ylabel("mean all-correct accuracy, L3 and L4")
-    ax.set_title("R0 on the built-in world: lambda_w x training length (seed means)")
+    setup = results.get("setup", {})
+    ax.set_title(f"R0 on the built-in world ({setup.get('preset', 'world_r0')}, {setup.get('teacher', 'teacher')}): "
+                 "lambda_w x training length (seed means)", fontsize=9)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
