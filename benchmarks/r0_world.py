@@ -173,15 +173,14 @@ def main() -> None:
         roles = results["roles"] = by_role(args.presets)
         if "r0" in roles and "r0plus" in roles:
             key = TARGETS[args.teacher]["converge"]
-            r0_rows = [r for r in tracks[roles["r0"]] if tracked(r, key) is not None]
-            target = tracked(r0_rows[-1], key)
+            curves = {p: [[r["step"], v] for r in tracks[p] if (v := tracked(r, key)) is not None]
+                      for p in (roles["r0"], roles["r0plus"])}
+            r0_iterations, target = curves[roles["r0"]][-1]
             it = first_reaching(tracks[roles["r0plus"]], key, target)
-            results["convergence"] = {"metric": key, "r0_final": target, "r0_iterations": r0_rows[-1]["step"],
+            results["convergence"] = {"metric": key, "r0_final": target, "r0_iterations": r0_iterations,
                                       "r0plus_first_iteration": it,
-                                      "ratio": None if it is None else round(it / r0_rows[-1]["step"], 3),
-                                      "curves": {p: [[r["step"], tracked(r, key)] for r in tracks[p]
-                                                     if tracked(r, key) is not None]
-                                                 for p in (roles["r0"], roles["r0plus"])}}
+                                      "ratio": None if it is None else round(it / r0_iterations, 3),
+                                      "curves": curves}
         if "noreg" in roles:
             rows = [r for r in tracks[roles["noreg"]] if "track/acc_L4" in r]
             rew = [r for r in tracks[roles["noreg"]] if "reward/world-judge" in r]
