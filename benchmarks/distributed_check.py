@@ -80,6 +80,7 @@ def worker(args) -> int:
     info = {"rank": rank, "num_processes": tr.accelerator.num_processes,
             "distributed_type": str(tr.accelerator.distributed_type), "sharded": tr.sharded}
     (Path(args.out) / f"rank{rank}.json").write_text(json.dumps(info) + "\n")
+    tr.release_processes()
     return 0
 
 

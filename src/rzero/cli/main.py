@@ -406,7 +406,10 @@ def cmd_train(args) -> int:
         from ..generator.load import check_schedule_timesteps
 
         check_schedule_timesteps(generator.timesteps, backbone.schedule, "generator.timesteps")
-    final = trainer.fit()
+    try:
+        final = trainer.fit()
+    finally:
+        trainer.release_processes()
     print(f"train: generator snapshot written to {final}")
     return 0
 

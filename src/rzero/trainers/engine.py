@@ -243,6 +243,15 @@ class Trainer:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
+    def release_processes(self) -> None:
+        """End of a launched run (torchrun / accelerate launch): destroy the process group.
+        Left to interpreter exit, gloo's worker threads can abort the process after the run
+        has finished (SIGABRT, "terminate called without an active exception"), so the
+        launcher reports a failure. Collectives, FSDP's gathering of full weights included,
+        no longer work afterwards. A single process has nothing to release."""
+        if self.accelerator.num_processes > 1:
+            self.accelerator.end_training()
+
     # ------------------------------------------------------------ signals
     def _install_signal_handlers(self) -> dict:
         """SIGTERM/SIGINT only set a flag: the loop finishes the iteration, checkpoints and
