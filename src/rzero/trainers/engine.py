@@ -244,11 +244,12 @@ class Trainer:
         return bool(t.item() > 0)
 
     def release_processes(self) -> None:
-        """End of a launched run (torchrun / accelerate launch): destroy the process group.
-        Left to interpreter exit, gloo's worker threads can abort the process after the run
-        has finished (SIGABRT, "terminate called without an active exception"), so the
-        launcher reports a failure. Collectives, FSDP's gathering of full weights included,
-        no longer work afterwards. A single process has nothing to release."""
+        """End of a launched run (torchrun / accelerate launch): destroy the process group, as
+        torch asks of every launched process; left to interpreter teardown, its threads can
+        abort a finished run (SIGABRT, "terminate called without an active exception"), which
+        the launcher reports as a failure. FSDP on gloo still did so now and then after this
+        (docs/reliability.md, "Process exit"). Collectives, FSDP's gathering of full weights
+        included, no longer work afterwards. A single process has nothing to release."""
         if self.accelerator.num_processes > 1:
             self.accelerator.end_training()
 
