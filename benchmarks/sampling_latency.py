@@ -1,6 +1,7 @@
 """Sampling latency: a trained few-step generator vs the teacher (25 DDIM steps + CFG 7.5).
 
     python benchmarks/sampling_latency.py --checkpoint runs/bench_r0/world_r0 --out runs/bench/latency.json
+    python benchmarks/sampling_latency.py --checkpoint RUN --teacher teacher_web --out OUT.json   # world v2
 
 Both run in this one process, one after the other, on the same prompts and batch size, after
 a warm-up batch each, so the ratio is not skewed by other load that comes and goes (the
@@ -39,13 +40,15 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--teacher", default="teacher", choices=["teacher", "teacher_web"],
+                    help="the world base model to time (same network class, so the same cost; named for the record)")
     ap.add_argument("--out", default="runs/bench/latency.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     prompts, _ = fixed_prompts()
     prompts = (prompts * args.batch)[: args.batch]
     cfg = EvalConfig()
-    teacher = make_backbone("world").eval()
+    teacher = make_backbone("world", teacher=args.teacher).eval()
     gen, meta = load_generator(args.checkpoint)
     noise = randn_per_image(teacher.latent_shape, 0, range(len(prompts)))
     g = torch.Generator().manual_seed(0)
@@ -54,7 +57,7 @@ def main() -> None:
                              prompts, noise, args.repeats)
         g_ms = _ms_per_image(lambda p, z: gen.sample(p, z, float(meta.get("inference_eta", 0.0)), generator=g),
                              prompts, noise, args.repeats)
-    result = {"teacher": {"steps": cfg.steps, "cfg": cfg.cfg, "eta": cfg.eta, "nfe": 2 * cfg.steps,
+    result = {"teacher": {"asset": args.teacher, "steps": cfg.steps, "cfg": cfg.cfg, "eta": cfg.eta, "nfe": 2 * cfg.steps,
                           "ms_per_image": round(t_ms, 2)},
               "generator": {"checkpoint": str(args.checkpoint), "steps": gen.steps, "nfe": gen.steps,
                             "ms_per_image": round(g_ms, 2)},
