@@ -279,7 +279,7 @@ tr.fit()
 r = tr.accelerator.process_index
 atomic_save_safetensors(tr.trainable_state(), out / f"gen{{r}}.safetensors")
 atomic_save_safetensors(tr.fake.net.state_dict(), out / f"fake{{r}}.safetensors")
-json.dump({{"n": tr.accelerator.num_processes}}, open(out / f"rank{{r}}.json", "w"))
+(out / f"rank{{r}}.json").write_text(json.dumps({{"n": tr.accelerator.num_processes}}))
 tr.release_processes()
 """
 
