@@ -21,6 +21,7 @@ from rzero.backbones import make_backbone
 from rzero.config.schema import EvalConfig
 from rzero.generator.load import load_generator
 from rzero.utils.seeding import randn_per_image
+from rzero.world.assets import WORLD_TEACHERS
 from rzero.world.prompts import fixed_prompts
 
 
@@ -40,7 +41,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--teacher", default="teacher", choices=["teacher", "teacher_web"],
+    ap.add_argument("--teacher", default="teacher", choices=WORLD_TEACHERS,
                     help="the world base model to time (same network class, so the same cost; named for the record)")
     ap.add_argument("--out", default="runs/bench/latency.json")
     args = ap.parse_args()
