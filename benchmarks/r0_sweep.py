@@ -209,10 +209,12 @@ def markdown(results: dict) -> str:
 
 
 def main() -> None:
+    from rzero.world.assets import WORLD_TEACHERS
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/sweep_r0")
     ap.add_argument("--preset", default="world_r0")
-    ap.add_argument("--teacher", default="teacher", choices=["teacher", "teacher_web"],
+    ap.add_argument("--teacher", default="teacher", choices=WORLD_TEACHERS,
                     help="the world base model R0 starts from and is compared with")
     ap.add_argument("--weights", type=float, nargs="+", default=[0.5, 0.15, 0.05, 0.015])
     ap.add_argument("--lengths", type=int, nargs="+", default=[100, 200, 300])

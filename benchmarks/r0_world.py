@@ -29,6 +29,7 @@ from rzero.eval.report import eval_markdown
 from rzero.eval.world_eval import evaluate_world, generator_source, teacher_source
 from rzero.trainers import R0Trainer
 from rzero.utils.stats import read_jsonl
+from rzero.world.assets import WORLD_TEACHERS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -128,7 +129,7 @@ def main() -> None:
                          "moves by several points between draws at 24)")
     ap.add_argument("--teacher-json", default=None,
                     help="reuse a teacher evaluation (`rzero eval --model teacher --json`) of the same protocol")
-    ap.add_argument("--teacher", default="teacher", choices=["teacher", "teacher_web"],
+    ap.add_argument("--teacher", default="teacher", choices=WORLD_TEACHERS,
                     help="the world base model: R0 starts from it and is compared with it (world v2: teacher_web)")
     ap.add_argument("--report-only", action="store_true", help="rebuild results.md from results.json")
     args = ap.parse_args()

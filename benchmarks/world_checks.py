@@ -15,9 +15,14 @@
   noise of the frozen 4-step web teacher instead of the pixels (kept on the Gaussian's sphere),
   so every image it scores is one the generator can draw. Each prompt reward alone, and R0's
   composite direction (world-clip, world-judge, world-quality, each per-sample normalized).
+- reward knowledge without gradients (`--best-of N`): N draws per L3 / L4 prompt from the web
+  teacher; each reward picks its highest-scoring draw, and the inspector grades the pick. A
+  reward that picks correct draws well above one draw's rate knows what the teacher gets wrong,
+  whatever its gradient does; "any" (some draw is all-correct) is the ceiling of the selection.
 
     python benchmarks/world_checks.py --ascent-only --assets DIR --out runs/bench/ascent.json
     python benchmarks/world_checks.py --ascent-only --ascent-space noise --ascent-steps 10 30 60
+    python benchmarks/world_checks.py --best-of 16 --best-of-n 100 --out runs/bench/best_of.json
 """
 
 from __future__ import annotations
@@ -153,6 +158,66 @@ def reward_ascent(names: tuple[str, ...], n: int, seed: int, steps: list[int], a
     return out
 
 
+def _standardize(s: torch.Tensor) -> torch.Tensor:
+    """z-scores over the draws (dim 0) of each prompt, so that no reward's scale decides the sum."""
+    if len(s) == 1:
+        return torch.zeros_like(s)
+    return (s - s.mean(0)) / s.std(0).clamp_min(1e-6)
+
+
+def selection_table(correct: torch.Tensor, fraction: torch.Tensor, scores: dict[str, torch.Tensor]) -> dict:
+    """Rows of the selection check from (draws, prompts) tensors: the inspector's all-correct
+    (0/1) and attribute fraction of every draw, and each reward's score of it.
+
+    For every prefix size k in 1, 2, 4, ... and the full count (the first k draws of each prompt):
+    the accuracy of the draw that each prompt reward scores highest, of R0's composite (its
+    rewards z-scored over the prompt's k draws, then summed), the mean over single draws
+    ("one_draw") and the share of prompts with an all-correct draw ("any", every pick's ceiling).
+    """
+    draws = len(correct)
+    sizes = sorted({1 << i for i in range(draws.bit_length()) if 1 << i <= draws} | {draws})
+    rows = {}
+    for k in sizes:
+        c, f = correct[:k], fraction[:k]
+        row = {"one_draw": float(c.mean()), "any": float(c.amax(0).mean()), "one_draw_fraction": float(f.mean())}
+        picks = {name: scores[name][:k].argmax(0) for name in PROMPT_REWARDS}
+        picks["composite"] = sum(_standardize(scores[name][:k]) for name in COMPOSITE).argmax(0)
+        for name, pick in picks.items():
+            row[name] = float(c.gather(0, pick[None]).mean())
+            row[f"{name}_fraction"] = float(f.gather(0, pick[None]).mean())
+        rows[str(k)] = row
+    return rows
+
+
+@torch.no_grad()
+def reward_best_of(draws: int, n: int, seed: int, teacher, asset_dir=None) -> dict:
+    """Selection by each reward among `draws` teacher samples per L3 / L4 prompt, graded by the
+    inspector (rows: `selection_table`)."""
+    from rzero.eval.world_eval import teacher_source
+    from rzero.world.evaluators import read_scenes
+
+    inspector = load_world_network("inspector")
+    source = teacher_source(teacher)
+    names = tuple(dict.fromkeys(PROMPT_REWARDS + COMPOSITE))
+    rewards = {name: make_reward(name, asset_dir=asset_dir) for name in names}
+    g = torch.Generator().manual_seed(seed)
+    out = {"teacher": source.name, "draws": draws, "prompts_per_level": n, "selectors": list(PROMPT_REWARDS)}
+    for lv in (3, 4):
+        specs = sample_specs(n, lv, g)
+        prompts = describe(specs, random_templates(n, g))
+        correct, fraction, scores = [], [], {name: [] for name in names}
+        for k in range(draws):  # draw k of prompt i is image k * n + i of the source's seeded stream
+            images = source.generate(prompts, specs, [k * n + i for i in range(n)]).clamp(-1, 1)
+            m = match(specs, read_scenes(inspector, images))
+            correct.append(m["all_correct"].float())
+            fraction.append(m["fraction"].float())
+            for name, r in rewards.items():
+                scores[name].append(r(images, prompts))
+        out[f"L{lv}"] = selection_table(torch.stack(correct), torch.stack(fraction),
+                                        {name: torch.stack(v) for name, v in scores.items()})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=500, help="images per level")
@@ -166,11 +231,23 @@ def main() -> None:
     ap.add_argument("--ascent-space", choices=["pixel", "noise"], default="pixel",
                     help="move the pixels, or the initial noise of the frozen 4-step web teacher")
     ap.add_argument("--assets", default="", help="world asset folder for the rewards (default: the package's)")
+    ap.add_argument("--best-of", type=int, default=0, metavar="N",
+                    help="run only the selection check: N web-teacher draws per L3 / L4 prompt, picked by each reward")
+    ap.add_argument("--best-of-n", type=int, default=100, help="prompts per level in the selection check")
+    ap.add_argument("--best-of-steps", type=int, default=25, help="the web teacher's DDIM steps in it")
+    ap.add_argument("--best-of-cfg", type=float, default=7.5, help="the web teacher's CFG scale in it")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     result = {}
-    if not args.ascent_only:
+    if args.best_of:
+        from rzero.config.schema import EvalConfig
+
+        teacher = EvalConfig(teacher="teacher_web", steps=args.best_of_steps, cfg=args.best_of_cfg)
+        result["best_of"] = reward_best_of(args.best_of, args.best_of_n, args.seed + 3, teacher,
+                                           args.assets or None)
+        result["assets"] = args.assets or "package"
+    elif not args.ascent_only:
         g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
         specs = sample_specs(64, 4, torch.Generator().manual_seed(0))
         scenes = complete_specs(specs, torch.Generator().manual_seed(0))
