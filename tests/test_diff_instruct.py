@@ -208,6 +208,15 @@ def test_resume_restores_fake_score_and_equals_straight_run(world_assets, tmp_pa
 
 
 
+def test_resume_gives_the_fake_score_the_new_fake_lr(world_assets, tmp_path):
+    ov = ["checkpoint_every=1", "keep_checkpoints=1", "di.diagnostics_every=0"]
+    _trainer(world_assets, tmp_path, "world_distar.yaml", ["iterations=1", *ov]).fit()
+    tr = _trainer(world_assets, tmp_path, "world_distar.yaml", ["iterations=2", "di.fake_lr=3e-5", "optim.lr=7e-6", *ov])
+    tr.fit()
+    assert [g["lr"] for g in tr.fake.optimizer.param_groups] == [3e-5]
+    assert {g["lr"] for g in tr.optimizer.param_groups} == {7e-6}
+
+
 def test_distar_push_benchmark_reads_a_run_and_leaves_it_untouched(world_assets, tmp_path):
     """benchmarks/distar_push.py (docs/decisions.md cites it): one row per timestep of its grid,
     a push that exists, the reference's x0-prediction further from the sample at high noise than

@@ -148,6 +148,30 @@ def test_resume_equals_straight_run(tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_resume_steps_with_the_new_config_optimizer_settings(tmp_path):
+    """A resumed run takes its lr, betas and weight decay from the config it is resumed with (the
+    checkpoint's optimizer state would otherwise bring the old ones back), and steps with them."""
+    from rzero.config.schema import OptimConfig
+
+    out = tmp_path / "resumed"
+    ToyTrainer(toy_cfg(iterations=3), out).fit()
+    new = OptimConfig(lr=1e-3, beta1=0.8, beta2=0.99, weight_decay=0.01)
+    tr = ToyTrainer(toy_cfg(optim=new), out)
+    tr.fit()
+    assert tr.iteration == 6
+    for group in tr.optimizer.param_groups:
+        assert (group["lr"], group["betas"], group["weight_decay"]) == (1e-3, (0.8, 0.99), 0.01)
+    # Adam's moments were restored, not reset: the resumed optimizer kept counting from step 3.
+    step = next(iter(tr.optimizer.state.values()))["step"]
+    assert int(step) == 6
+    # And it stepped with the new lr: the same resume at the old lr ends elsewhere.
+    old = tmp_path / "old_lr"
+    ToyTrainer(toy_cfg(iterations=3), old).fit()
+    ToyTrainer(toy_cfg(), old).fit()
+    a, b = weights(out / "final" / "generator.safetensors"), weights(old / "final" / "generator.safetensors")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("damage", ["flip-byte", "truncate", "delete-state", "garbage-state", "delete-optimizer"])
 def test_resume_skips_damaged_newest_checkpoint(tmp_path, capsys, damage):
     ref = straight_final(tmp_path)

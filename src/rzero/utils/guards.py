@@ -176,6 +176,17 @@ def guarded_optimizer_step(optimizer, params) -> bool:
 
 # ---------------------------------------------------------------- resume: config changes
 
+def apply_optimizer_settings(optimizer, **settings) -> None:
+    """Set `settings` (lr, betas, weight_decay) on every param group of a resumed optimizer.
+
+    `load_state_dict` brings back the checkpoint's param groups, settings included, so without
+    this a setting changed for the resumed run (`optim.lr=5e-5` on a run trained at 1e-4) would
+    be ignored without a word; resuming may change such fields freely (`resume_changes`).
+    """
+    for group in optimizer.param_groups:
+        group.update(settings)
+
+
 # Fields that decide what the checkpoint's tensors are or mean: changing one on resume makes a
 # different run out of an existing one (new method, other model, other generator shape).
 STRUCTURAL = ("method", "backbone", "backbone_path", "generator.steps", "generator.timesteps", "generator.renoise",
