@@ -232,12 +232,15 @@ def main() -> None:
                     help="move the pixels, or the initial noise of the frozen 4-step web teacher")
     ap.add_argument("--assets", default="", help="world asset folder for the rewards (default: the package's)")
     ap.add_argument("--best-of", type=int, default=0, metavar="N",
-                    help="run only the selection check: N web-teacher draws per L3 / L4 prompt, picked by each reward")
+                    help="the selection check instead of the validity checks: N web-teacher draws per L3 / L4 "
+                         "prompt, picked by each reward")
     ap.add_argument("--best-of-n", type=int, default=100, help="prompts per level in the selection check")
     ap.add_argument("--best-of-steps", type=int, default=25, help="the web teacher's DDIM steps in it")
     ap.add_argument("--best-of-cfg", type=float, default=7.5, help="the web teacher's CFG scale in it")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    if args.best_of < 0 or args.best_of_n < 1 or args.best_of_steps < 1:
+        ap.error("--best-of needs N >= 1 draws (0: off), --best-of-n and --best-of-steps >= 1")
     torch.set_num_threads(args.threads)
     result = {}
     if args.best_of:

@@ -67,3 +67,12 @@ def test_best_of_runs_end_to_end_on_the_shipped_world(world_assets, tmp_path, mo
         row = result[level]["2"]
         for name in (*world_checks.PROMPT_REWARDS, "composite"):
             assert 0.0 <= row[name] <= row["any"] + 1e-9  # a pick is never better than the ceiling
+
+
+@pytest.mark.parametrize("bad", [["--best-of", "-1"], ["--best-of", "4", "--best-of-n", "0"],
+                                 ["--best-of", "4", "--best-of-steps", "0"]])
+def test_bad_selection_sizes_are_refused_in_one_line(monkeypatch, capsys, bad):
+    monkeypatch.setattr(sys, "argv", ["world_checks.py", *bad])
+    with pytest.raises(SystemExit) as exc:
+        world_checks.main()
+    assert exc.value.code == 2 and "--best-of needs N >= 1 draws" in capsys.readouterr().err
