@@ -16,6 +16,7 @@ import world_checks  # noqa: E402
 
 # (draws, prompts): prompt 0 is right only in draw 2, prompt 1 in draws 0 and 3, prompt 2 never.
 CORRECT = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+KNOWS = CORRECT + 0.01 * torch.arange(4.0)[:, None]  # a reward with the correct draws on top, ties broken
 
 
 def scores_for(**by_name: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -25,9 +26,8 @@ def scores_for(**by_name: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def test_a_reward_that_knows_reaches_any_and_a_blind_one_stays_at_one_draw():
-    knows = CORRECT + 0.01 * torch.arange(4.0)[:, None]  # ties broken, the correct draws always on top
-    backwards = -knows  # prefers the wrong draws
-    rows = world_checks.selection_table(CORRECT, CORRECT * 0.5, scores_for(world_clip=knows, world_judge=backwards))
+    backwards = -KNOWS  # prefers the wrong draws
+    rows = world_checks.selection_table(CORRECT, CORRECT * 0.5, scores_for(world_clip=KNOWS, world_judge=backwards))
     assert list(rows) == ["1", "2", "4"]
     full = rows["4"]
     assert full["any"] == pytest.approx(2 / 3) and full["one_draw"] == pytest.approx(3 / 12)
@@ -43,9 +43,8 @@ def test_a_reward_that_knows_reaches_any_and_a_blind_one_stays_at_one_draw():
 def test_the_composite_sums_z_scores_so_no_reward_scale_decides():
     # world-clip and world-judge point at the correct draws by small margins; world-quality points away
     # with a 1000x larger spread. Summed raw, quality would decide; z-scored, two votes beat one.
-    knows = CORRECT + 0.01 * torch.arange(4.0)[:, None]
-    loud_wrong = -1000.0 * knows
-    rows = world_checks.selection_table(CORRECT, CORRECT, scores_for(world_clip=knows, world_judge=knows,
+    loud_wrong = -1000.0 * KNOWS
+    rows = world_checks.selection_table(CORRECT, CORRECT, scores_for(world_clip=KNOWS, world_judge=KNOWS,
                                                                      world_quality=loud_wrong))
     assert rows["4"]["composite"] == pytest.approx(2 / 3)
 

@@ -40,8 +40,8 @@ from tqdm.auto import tqdm
 from ..config import save_config
 from ..config.schema import TrainConfig
 from ..utils.fsdp import full, full_optimizer_state, load_full_optimizer_state, shard_like, shard_module
-from ..utils.guards import (apply_optimizer_settings, checkpoint_state_problem, finite_values, guarded_optimizer_step,
-                            lock_run_folder, truncate_stats, unlock_run_folder)
+from ..utils.guards import (checkpoint_state_problem, finite_values, guarded_optimizer_step, lock_run_folder,
+                            own_optimizer_settings, truncate_stats, unlock_run_folder)
 from ..utils.io import (AssetError, atomic_save_safetensors, atomic_write_bytes, check_run_tree, copy_weights_,
                         fsync_dir, load_safetensors, remove_tree, sha256_file, torch_load_safe, torch_save_bytes)
 from ..utils.seeding import derived_generator
@@ -633,12 +633,11 @@ class Trainer:
             # Read on the CPU, kept where the weights are.
             self.ema = {n: shard_like(ema[n].to(p.device), p) for n, p in trainable.items()}
         try:
-            if self.sharded:
-                load_full_optimizer_state(self.optimizer.optimizer, torch_load_safe(path / "optimizer.pt"))
-            else:
-                self.optimizer.load_state_dict(torch_load_safe(path / "optimizer.pt"))
-            o = self.cfg.optim
-            apply_optimizer_settings(self.optimizer, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+            with own_optimizer_settings(self.optimizer):
+                if self.sharded:
+                    load_full_optimizer_state(self.optimizer.optimizer, torch_load_safe(path / "optimizer.pt"))
+                else:
+                    self.optimizer.load_state_dict(torch_load_safe(path / "optimizer.pt"))
             extra = self.extra_state()
             if extra:
                 saved = torch_load_safe(path / "extra.pt")

@@ -25,7 +25,7 @@ import copy
 import torch
 
 from ..diffusion import broadcast_to, output_from_x0_eps
-from ..utils.guards import apply_optimizer_settings
+from ..utils.guards import own_optimizer_settings
 from .placement import upcast_trainable
 
 
@@ -147,8 +147,8 @@ class FakeScore:
         if self.optimizer is None:
             self.distribute()
         self.net.load_state_dict(state["net"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        apply_optimizer_settings(self.optimizer, lr=self.lr, betas=self.betas)  # this run's di.fake_lr, not the saved one
+        with own_optimizer_settings(self.optimizer):  # this run's di.fake_lr, not the saved one
+            self.optimizer.load_state_dict(state["optimizer"])
 
 
 def score_difference(x0_fake: torch.Tensor, x0_ref: torch.Tensor, a_t: torch.Tensor, b_t: torch.Tensor

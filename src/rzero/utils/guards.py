@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -176,14 +177,19 @@ def guarded_optimizer_step(optimizer, params) -> bool:
 
 # ---------------------------------------------------------------- resume: config changes
 
-def apply_optimizer_settings(optimizer, **settings) -> None:
-    """Set `settings` (lr, betas, weight_decay) on every param group of a resumed optimizer.
+@contextmanager
+def own_optimizer_settings(optimizer):
+    """Around the loading of a checkpoint's optimizer state: keep the hyperparameters this
+    optimizer was built with (lr, betas, weight decay... from the resumed run's config), take
+    only the moments from the checkpoint.
 
-    `load_state_dict` brings back the checkpoint's param groups, settings included, so without
-    this a setting changed for the resumed run (`optim.lr=5e-5` on a run trained at 1e-4) would
-    be ignored without a word; resuming may change such fields freely (`resume_changes`).
+    `load_state_dict` brings back the saved param groups, settings included, so without this a
+    setting changed for the resumed run (`optim.lr=5e-5` on a run trained at 1e-4) would be
+    ignored without a word; resuming may change such fields freely (`resume_changes`).
     """
-    for group in optimizer.param_groups:
+    own = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    yield
+    for group, settings in zip(optimizer.param_groups, own):
         group.update(settings)
 
 
